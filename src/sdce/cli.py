@@ -1,0 +1,234 @@
+"""The `sdce` command line: one subcommand per pipeline stage.
+
+Snakemake rules call these with explicit paths and `--params`, the JSON of the
+config slice the stage uses; every slice is validated against the same schema
+the Snakefile uses. Each subcommand also works on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from sdce import config as cfg
+
+
+def _params(args, pointer: str, where: str, base: dict | None = None) -> dict:
+    try:
+        raw = json.loads(args.params) if args.params else {}
+    except json.JSONDecodeError as e:
+        raise cfg.ConfigError(f"--params is not valid JSON: {e.msg}") from None
+    return cfg.validate({**(base or {}), **raw}, pointer, where=where)
+
+
+def torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def cmd_corpus(args) -> None:
+    from sdce.data.corpus import build_corpus
+
+    stats = build_corpus(_params(args, "properties/corpus", "corpus"), args.out, args.stats)
+    print(
+        f"corpus: {stats['documents']} documents, {stats['words']} words "
+        f"from {len(stats['sources'])} source(s)"
+    )
+
+
+def cmd_split(args) -> None:
+    from sdce.data.corpus import read_documents, write_documents
+    from sdce.data.split import split_documents
+
+    docs = read_documents(args.corpus)
+    train, val = split_documents(docs, _params(args, "properties/split", "split"))
+    write_documents(args.train, train)
+    write_documents(args.validation, val)
+    print(f"split: {len(train)} train / {len(val)} validation documents")
+
+
+def cmd_tokenizer(args) -> None:
+    from sdce.data.corpus import read_documents
+    from sdce.data.tokenizer import build_tokenizer
+
+    spec = _params(args, "properties/tokenizer", "tokenizer")
+    texts = (d["text"] for d in read_documents(args.train)) if spec["kind"] == "bpe" else ()
+    tok = build_tokenizer(spec, texts, args.out)
+    print(f"tokenizer: {len(tok)} types -> {args.out}")
+
+
+def cmd_encode(args) -> None:
+    from sdce.data.corpus import read_documents
+    from sdce.data.shards import encode_documents
+    from sdce.data.tokenizer import load
+
+    tokenizer, docs = load(args.tokenizer), read_documents(args.input)
+    t0 = time.perf_counter()
+    meta = encode_documents(tokenizer, docs, args.out, args.tokenizer)
+    dt = time.perf_counter() - t0
+    print(
+        f"encode: {meta['tokens']} tokens ({meta['dtype']}) in {dt:.2f}s "
+        f"= {meta['tokens'] / dt:,.0f} tokens/s"
+    )
+
+
+def cmd_bigram(args) -> None:
+    from sdce.data.shards import load_shard
+    from sdce.teachers import bigram
+
+    data, meta = load_shard(args.shard)
+    info = bigram.build(
+        data, meta["vocab_size"], _params(args, "properties/bigram", "bigram"), args.out, args.meta
+    )
+    print(
+        f"bigram: {info['distinct_bigrams']} distinct bigrams, top-{info['top_k']} keeps "
+        f"{info['mean_listed_mass']:.3f} of the mass on average"
+    )
+
+
+def cmd_train(args) -> None:
+    from sdce.train import train
+
+    if args.config:  # standalone: a study config and one of its runs
+        study = cfg.load(args.config)
+        run = cfg.resolve_run(study, args.name)
+    else:
+        run = _params(
+            args, "$defs/run", f"runs.{args.name}", base={"model": {}, "training": {}, "guidance": {}}
+        )
+    summary = train(
+        run,
+        name=args.name,
+        train_shard=args.train_shard,
+        val_shard=args.val_shard,
+        tokenizer_dir=args.tokenizer,
+        out_dir=args.out,
+        seed=args.seed,
+        teacher_path=args.teacher,
+        threads=args.threads,
+        resume=not args.no_resume,
+        progress=not args.no_progress,
+        stop_after=args.stop_after,
+    )
+    print(json.dumps(summary, sort_keys=True))
+
+
+def cmd_evaluate(args) -> None:
+    from sdce.evaluation.perplexity import evaluate_perplexity
+    from sdce.io import write_json
+
+    spec = _params(args, "properties/evaluation", "evaluation")
+    torch_threads(args.threads)
+    result = evaluate_perplexity(
+        args.model, args.val_shard, args.block_size, spec["eval_tokens"], spec["batch_size"]
+    )
+    result.update({"run": args.name, "seed": args.seed})
+    write_json(args.out, result)
+    print(json.dumps(result, sort_keys=True))
+
+
+def cmd_report(args) -> None:
+    from sdce.report import build_report
+
+    spec = _params(args, "properties/report", "report")
+    finals = build_report(args.summaries, args.evals, args.baseline, args.out, spec["tail_fraction"])
+    print(finals.to_string(index=False))
+
+
+def cmd_check_config(args) -> None:
+    study = cfg.load(args.config)
+    for name in study["runs"]:
+        cfg.resolve_run(study, name)
+    print(f"{args.config}: valid ({len(study['runs'])} runs x {len(study['seeds'])} seeds)")
+
+
+def cmd_config_docs(args) -> None:
+    sys.stdout.write(cfg.describe())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sdce", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help_):
+        sp = sub.add_parser(name, help=help_)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("--params", help="JSON of the config slice this stage uses")
+        return sp
+
+    sp = add("corpus", cmd_corpus, "load the corpus from its source")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--stats", required=True)
+
+    sp = add("split", cmd_split, "seeded train/validation split")
+    sp.add_argument("--corpus", required=True)
+    sp.add_argument("--train", required=True)
+    sp.add_argument("--validation", required=True)
+
+    sp = add("tokenizer", cmd_tokenizer, "train a byte-level BPE or load a tokenizer")
+    sp.add_argument("--train", required=True, help="training documents (jsonl)")
+    sp.add_argument("--out", required=True)
+
+    sp = add("encode", cmd_encode, "encode documents to a token shard")
+    sp.add_argument("--tokenizer", required=True)
+    sp.add_argument("--input", required=True)
+    sp.add_argument("--out", required=True)
+
+    sp = add("bigram", cmd_bigram, "bigram statistics of the training shard")
+    sp.add_argument("--shard", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--meta", required=True)
+
+    sp = add("train", cmd_train, "train one run with one seed")
+    sp.add_argument("--config", help="a study config (standalone use; else --params)")
+    sp.add_argument("--name", required=True, help="run name")
+    sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument("--train-shard", required=True)
+    sp.add_argument("--val-shard", required=True)
+    sp.add_argument("--tokenizer", required=True)
+    sp.add_argument("--teacher", help="teacher artifact (bigram table)")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--threads", type=int, default=1, help="CPU threads (the rule's threads)")
+    sp.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--stop-after", type=int, help="stop after this step's checkpoint (simulates preemption)")
+
+    sp = add("evaluate", cmd_evaluate, "validation loss and perplexity of a model")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--val-shard", required=True)
+    sp.add_argument("--block-size", type=int, required=True)
+    sp.add_argument("--threads", type=int, default=1)
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument("--out", required=True)
+
+    sp = add("report", cmd_report, "tables and plots of a study")
+    sp.add_argument("--summaries", nargs="+", required=True, help="runs' summary.json (metrics.jsonl beside)")
+    sp.add_argument("--evals", nargs="+", required=True, help="evaluation JSON files")
+    sp.add_argument("--baseline", required=True)
+    sp.add_argument("--out", required=True)
+
+    sp = sub.add_parser("config-docs", help="print the configuration reference (config/README.md)")
+    sp.set_defaults(fn=cmd_config_docs)
+
+    sp = sub.add_parser("check-config", help="validate a study config")
+    sp.set_defaults(fn=cmd_check_config)
+    sp.add_argument("config")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"sdce {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Corpus sources. Each yields documents as `{"text": str, "source": str}` records.
+
+- `synthetic`: the embedded generator (`sdce.data.synthetic`), no download needed;
+- `babylm`: a folder of BabyLM `*.train` files (`train_10M/`, `train_100M/`, any
+  depth), one document per non-empty line, files in sorted order;
+- `files`: a `.txt` file (one document per line), a `.json`/`.jsonl` file with a
+  text column, or a folder of such files;
+- `hf`: `datasets.load_dataset(name, config, split=...)`, or `load_from_disk` for
+  a folder written by `Dataset.save_to_disk`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from sdce.io import atomic_path, write_json
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be read; the message names the path."""
+
+
+def load_corpus(spec: dict) -> list[dict]:
+    source = spec["source"]
+    loaders = {"synthetic": _synthetic, "babylm": _babylm, "files": _files, "hf": _hf}
+    docs = loaders[source](spec)
+    docs = [d for d in docs if d["text"].strip()]
+    if not docs:
+        where = spec.get("path") or spec.get("hf_name") or source
+        raise CorpusError(f"corpus is empty: {where} holds no non-empty documents")
+    return docs
+
+
+def _synthetic(spec: dict) -> list[dict]:
+    from sdce.data.synthetic import generate_documents
+
+    texts = generate_documents(spec["synthetic_documents"], spec["synthetic_seed"])
+    return [{"text": t, "source": "synthetic"} for t in texts]
+
+
+def _require_path(spec: dict) -> Path:
+    if not spec.get("path"):
+        raise CorpusError(f"corpus.path must be set for source '{spec['source']}'")
+    path = Path(spec["path"]).expanduser()
+    if not path.exists():
+        raise CorpusError(f"corpus path does not exist: {path}")
+    return path
+
+
+def _babylm(spec: dict) -> list[dict]:
+    root = _require_path(spec)
+    files = sorted(root.rglob("*.train")) if root.is_dir() else [root]
+    if not files:
+        raise CorpusError(f"no BabyLM *.train files under {root}")
+    docs = []
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            docs.extend({"text": line.strip(), "source": f.stem} for line in fh if line.strip())
+    return docs
+
+
+def _files(spec: dict) -> list[dict]:
+    root = _require_path(spec)
+    suffixes = {".txt", ".json", ".jsonl"}
+    files = sorted(p for p in root.rglob("*") if p.suffix in suffixes) if root.is_dir() else [root]
+    if not files:
+        raise CorpusError(f"no .txt/.json/.jsonl files under {root}")
+    docs = []
+    for f in files:
+        docs.extend({"text": t, "source": f.stem} for t in _read_text_file(f, spec["text_column"]))
+    return docs
+
+
+def _read_text_file(path: Path, column: str) -> list[str]:
+    if path.suffix == ".txt":
+        with open(path, encoding="utf-8") as fh:
+            return [line.strip() for line in fh]
+    if path.suffix == ".jsonl":
+        out = []
+        with open(path, encoding="utf-8") as fh:
+            for i, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise CorpusError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+                out.append(_column(record, column, f"{path}:{i}"))
+        return out
+    with open(path, encoding="utf-8") as fh:
+        try:
+            data = json.load(fh)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise CorpusError(f"{path}: expected a list of records (or {{'data': [...]}})")
+    return [_column(r, column, f"{path}[{i}]") for i, r in enumerate(data)]
+
+
+def _column(record, column: str, where: str) -> str:
+    if not isinstance(record, dict) or column not in record:
+        raise CorpusError(f"{where}: record has no '{column}' field (corpus.text_column)")
+    value = record[column]
+    if not isinstance(value, str):
+        raise CorpusError(f"{where}: '{column}' is not a string")
+    return value
+
+
+def _hf(spec: dict) -> list[dict]:
+    import datasets
+
+    name = spec.get("hf_name")
+    if not name:
+        raise CorpusError("corpus.hf_name must be set for source 'hf'")
+    column = spec["text_column"]
+    local = Path(name).expanduser()
+    if local.is_dir() and ((local / "dataset_info.json").exists() or (local / "state.json").exists()):
+        ds = datasets.load_from_disk(str(local))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[spec["hf_split"]]
+    else:
+        ds = datasets.load_dataset(name, spec.get("hf_config"), split=spec["hf_split"])
+    if column not in ds.column_names:
+        raise CorpusError(f"dataset {name} has no column '{column}' (has: {', '.join(ds.column_names)})")
+    source = Path(name).name or name
+    return [{"text": t, "source": source} for t in ds[column] if isinstance(t, str)]
+
+
+def word_count(text: str) -> int:
+    """Whitespace words, as BabyLM counts them."""
+    return len(text.split())
+
+
+def write_documents(path: str | Path, docs: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps({"text": d["text"], "source": d["source"]}, ensure_ascii=False))
+            f.write("\n")
+
+
+def read_documents(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def corpus_stats(docs: list[dict]) -> dict:
+    per_source_docs = Counter(d["source"] for d in docs)
+    per_source_words: Counter = Counter()
+    for d in docs:
+        per_source_words[d["source"]] += word_count(d["text"])
+    return {
+        "documents": len(docs),
+        "words": sum(per_source_words.values()),
+        "sources": {
+            s: {"documents": per_source_docs[s], "words": per_source_words[s]}
+            for s in sorted(per_source_docs)
+        },
+    }
+
+
+def build_corpus(spec: dict, out: str | Path, stats_out: str | Path) -> dict:
+    docs = load_corpus(spec)
+    write_documents(out, docs)
+    stats = corpus_stats(docs)
+    write_json(stats_out, stats)
+    return stats

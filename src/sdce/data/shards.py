@@ -1,0 +1,69 @@
+"""Token shards: a flat numpy memmap of token ids (documents separated by EOS)
+with a JSON sidecar (tokens, words, documents, dtype, tokenizer hash)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sdce.data.corpus import word_count
+from sdce.io import atomic_path, dir_hash, read_json, write_json
+
+
+def dtype_for(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
+
+
+def encode_documents(
+    tokenizer, docs: list[dict], out: str | Path, tokenizer_dir: str | Path, batch_docs: int = 4096
+) -> dict:
+    """Encode documents in batches with the Rust tokenizer and write `out` + `out.json`."""
+    backend = tokenizer.backend_tokenizer
+    eos = tokenizer.eos_token_id
+    vocab = len(tokenizer)
+    dtype = dtype_for(vocab)
+    n_tokens = 0
+    sources: dict[str, dict] = {}
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        for start in range(0, len(docs), batch_docs):
+            chunk = docs[start : start + batch_docs]
+            encs = backend.encode_batch([d["text"] for d in chunk], add_special_tokens=False)
+            lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+            flat = np.empty(int(lengths.sum()) + len(encs), dtype=dtype)
+            ends = np.cumsum(lengths + 1)
+            starts = ends - lengths - 1
+            for e, s in zip(encs, starts, strict=True):  # one slice copy per document
+                flat[s : s + len(e.ids)] = e.ids
+            flat[ends - 1] = eos
+            f.write(flat.tobytes())
+            n_tokens += flat.size
+            for d, n in zip(chunk, lengths, strict=True):
+                s = sources.setdefault(d["source"], {"documents": 0, "words": 0, "tokens": 0})
+                s["documents"] += 1
+                s["words"] += word_count(d["text"])
+                s["tokens"] += int(n) + 1
+    meta = {
+        "tokens": n_tokens,
+        "words": sum(s["words"] for s in sources.values()),
+        "documents": len(docs),
+        "dtype": dtype.name,
+        "vocab_size": vocab,
+        "eos_token_id": eos,
+        "tokenizer_hash": dir_hash(tokenizer_dir),
+        "sources": sources,
+    }
+    write_json(sidecar(out), meta)
+    return meta
+
+
+def sidecar(path: str | Path) -> Path:
+    return Path(str(path) + ".json")
+
+
+def load_shard(path: str | Path) -> tuple[np.memmap, dict]:
+    meta = read_json(sidecar(path))
+    data = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+    if data.size != meta["tokens"]:
+        raise ValueError(f"{path}: {data.size} tokens on disk but the sidecar says {meta['tokens']}")
+    return data, meta

@@ -1,0 +1,63 @@
+"""Student models: a `transformers` GPT-2 or Llama config built from the `model`
+section, or any causal LM loaded with `from_pretrained`."""
+
+from __future__ import annotations
+
+import torch
+
+
+def build_config(spec: dict, vocab_size: int, block_size: int, bos_id: int, eos_id: int):
+    from transformers import GPT2Config, LlamaConfig
+
+    inner = spec["intermediate_size"] or 4 * spec["n_embd"]
+    if spec["n_embd"] % spec["n_head"]:
+        raise ValueError(f"model.n_embd={spec['n_embd']} is not divisible by model.n_head={spec['n_head']}")
+    if spec["family"] == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=block_size,
+            n_embd=spec["n_embd"],
+            n_layer=spec["n_layer"],
+            n_head=spec["n_head"],
+            n_inner=inner,
+            resid_pdrop=spec["dropout"],
+            embd_pdrop=spec["dropout"],
+            attn_pdrop=spec["dropout"],
+            bos_token_id=bos_id,
+            eos_token_id=eos_id,
+        )
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec["n_embd"],
+        intermediate_size=inner,
+        num_hidden_layers=spec["n_layer"],
+        num_attention_heads=spec["n_head"],
+        num_key_value_heads=spec["n_head"],
+        max_position_embeddings=block_size,
+        attention_dropout=spec["dropout"],
+        tie_word_embeddings=True,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+    )
+
+
+def build_model(spec: dict, tokenizer, block_size: int, seed: int):
+    """Random init under `seed`, or `from_pretrained(spec['from_pretrained'])`."""
+    from transformers import AutoModelForCausalLM
+
+    attn = spec["attn_implementation"]
+    if spec["from_pretrained"]:
+        model = AutoModelForCausalLM.from_pretrained(spec["from_pretrained"], attn_implementation=attn)
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            raise ValueError(
+                f"model {spec['from_pretrained']} has {model.get_input_embeddings().num_embeddings} "
+                f"embeddings but the tokenizer has {len(tokenizer)} tokens"
+            )
+        return model
+    cfg = build_config(spec, len(tokenizer), block_size, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,173 @@
+"""The study report: how many steps guidance saves, and whether that is stable.
+
+Inputs are self-describing runs (`summary.json` names run and seed; the
+`metrics.jsonl` beside it holds the curves) and evaluation JSONs. Outputs:
+
+    summary.csv   one row per run and seed
+    summary.md    per-run mean +- std across seeds, steps saved, plot index
+    *.png         validation / training loss against steps (mean +- std bands),
+                  their tails, and the guidance weight
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sdce.io import atomic_dir, read_json
+
+
+def load_runs(summaries: list[str], eval_files: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(curves, finals): every metrics record with run/seed, and one row per run and seed."""
+    curves, finals = [], []
+    evals = {}
+    for f in eval_files:
+        e = read_json(f)
+        evals[(e["run"], e["seed"])] = e
+    for f in summaries:
+        s = read_json(f)
+        metrics = Path(f).with_name("metrics.jsonl")
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+        for r in records:
+            curves.append({**r, "run": s["run"], "seed": s["seed"]})
+        tps = [r["tokens_per_s"] for r in records if r["kind"] == "train"]
+        e = evals.get((s["run"], s["seed"]), {})
+        finals.append(
+            {
+                "run": s["run"],
+                "seed": s["seed"],
+                "objective": s["objective"],
+                "schedule": s.get("schedule", ""),
+                "steps": s["steps"],
+                "final_val_loss": e.get("val_loss", s["final_val_loss"]),
+                "perplexity": e.get("perplexity", s["final_val_ppl"]),
+                "tokens_per_s": float(np.median(tps)) if tps else float("nan"),
+                **{k: v for k, v in e.items() if k.startswith("blimp") or k.startswith("minimal_pairs")},
+            }
+        )
+    return pd.DataFrame(curves), pd.DataFrame(finals).sort_values(["run", "seed"]).reset_index(drop=True)
+
+
+def steps_to_reach(steps: np.ndarray, losses: np.ndarray, target: float) -> float:
+    """First step at which the validation curve reaches `target`, linearly interpolated
+    between evaluations; NaN when it never does."""
+    below = np.nonzero(losses <= target)[0]
+    if below.size == 0:
+        return float("nan")
+    i = int(below[0])
+    if i == 0:
+        return float(steps[0])
+    s0, s1, l0, l1 = steps[i - 1], steps[i], losses[i - 1], losses[i]
+    return float(s0 + (s1 - s0) * (l0 - target) / (l0 - l1)) if l0 != l1 else float(s1)
+
+
+def add_steps_to_baseline(curves: pd.DataFrame, finals: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    finals = finals.copy()
+    base = finals[finals.run == baseline].set_index("seed")
+    if base.empty:
+        raise ValueError(f"report: baseline run '{baseline}' has no results")
+    evals = curves[curves.kind == "eval"]
+    reach, saved = [], []
+    for _, row in finals.iterrows():
+        target = base.final_val_loss.get(row.seed, base.final_val_loss.mean())
+        c = evals[(evals.run == row.run) & (evals.seed == row.seed)].sort_values("step")
+        s = steps_to_reach(c.step.to_numpy(), c.val_loss.to_numpy(), target)
+        reach.append(s)
+        saved.append(
+            float(base.steps.get(row.seed, base.steps.mean())) - s if not math.isnan(s) else float("nan")
+        )
+    finals["steps_to_baseline"] = reach
+    finals["steps_saved"] = saved
+    return finals
+
+
+def _mean_std(x: pd.Series, fmt: str = "{:.4f}") -> str:
+    x = x.dropna()
+    if x.empty:
+        return "not reached"
+    if len(x) == 1:
+        return fmt.format(x.iloc[0])
+    return f"{fmt.format(x.mean())} ± {fmt.format(x.std(ddof=1))}"
+
+
+def markdown(finals: pd.DataFrame, baseline: str, plots: list[str]) -> str:
+    base_tps = finals[finals.run == baseline].tokens_per_s.mean()
+    lines = [
+        "# Study report",
+        "",
+        f"Baseline: `{baseline}`. Steps to baseline = the first step (interpolated between evaluations) at "
+        "which a run's validation loss reaches the baseline's final validation loss for the same seed; "
+        "steps saved = baseline steps - that. Mean ± sample std across seeds.",
+        "",
+        "| run | objective | schedule | seeds | final val loss | perplexity | steps to baseline "
+        "| steps saved "
+        "| reached | tokens/s vs baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run, g in finals.groupby("run", sort=False):
+        reached = int(g.steps_to_baseline.notna().sum())
+        lines.append(
+            f"| {run} | {g.objective.iloc[0]} | {g.schedule.iloc[0] or '-'} | {len(g)} | "
+            f"{_mean_std(g.final_val_loss)} | {_mean_std(g.perplexity, '{:.2f}')} | "
+            f"{_mean_std(g.steps_to_baseline, '{:.0f}')} | {_mean_std(g.steps_saved, '{:.0f}')} | "
+            f"{reached}/{len(g)} | {g.tokens_per_s.mean() / base_tps:.3f} |"
+        )
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+def _band_plot(
+    curves: pd.DataFrame, kind: str, column: str, path: Path, title: str, tail: float | None, baseline: str
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = curves[(curves.kind == kind) & curves[column].notna()] if column in curves else curves.iloc[0:0]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    max_step = data.step.max() if not data.empty else 0
+    lo = max_step * (1 - tail) if tail else 0
+    for run, g in data.groupby("run", sort=True):
+        stats = g[g.step >= lo].groupby("step")[column].agg(["mean", "std"]).fillna(0.0)
+        style = {"color": "black", "linewidth": 2.0} if run == baseline else {"linewidth": 1.3}
+        ax.plot(stats.index, stats["mean"], label=run, **style)
+        ax.fill_between(
+            stats.index,
+            stats["mean"] - stats["std"],
+            stats["mean"] + stats["std"],
+            alpha=0.2,
+            color=style.get("color"),
+        )
+    ax.set_xlabel("step")
+    ax.set_ylabel(column)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def build_report(
+    summaries: list[str], eval_files: list[str], baseline: str, out_dir: str, tail_fraction: float
+) -> pd.DataFrame:
+    curves, finals = load_runs(summaries, eval_files)
+    finals = add_steps_to_baseline(curves, finals, baseline)
+    plots = [
+        ("val_loss.png", "eval", "val_loss", "Validation loss (mean ± std across seeds)", None),
+        ("val_loss_tail.png", "eval", "val_loss", "Validation loss, tail", tail_fraction),
+        ("train_loss.png", "train", "ce", "Training cross-entropy (mean ± std across seeds)", None),
+        ("train_loss_tail.png", "train", "ce", "Training cross-entropy, tail", tail_fraction),
+        ("guidance_weight.png", "train", "weight", "Guidance weight w(t)", None),
+    ]
+    with atomic_dir(out_dir) as tmp:
+        for name, kind, col, title, tail in plots:
+            _band_plot(curves, kind, col, tmp / name, title, tail, baseline)
+        finals.to_csv(tmp / "summary.csv", index=False, float_format="%.6g")
+        (tmp / "summary.md").write_text(markdown(finals, baseline, [p[0] for p in plots]))
+    return finals

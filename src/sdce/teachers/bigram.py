@@ -1,0 +1,117 @@
+"""Bigram teacher: next-token statistics of the training shard only.
+
+Counts are a sparse CSR matrix (never a dense V x V). The teacher keeps, per
+previous token, its `top_k` most frequent successors as a padded (V, K) table;
+add-k smoothing and the successors beyond K become `rest`, which the loss
+spreads uniformly over the vocabulary (exact for add-k smoothing, since its
+mass *is* uniform). A token never seen as a predecessor gets rest = 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from sdce.io import atomic_path, write_json
+from sdce.teachers.signal import GuidanceSignal
+
+
+def count_bigrams(tokens: np.ndarray, vocab_size: int) -> sp.csr_matrix:
+    """Sparse (V, V) matrix of counts c[i, j] = #(x_t = i, x_{t+1} = j)."""
+    prev = np.asarray(tokens[:-1], dtype=np.int64)
+    nxt = np.asarray(tokens[1:], dtype=np.int64)
+    keys = prev * vocab_size + nxt
+    uniq, counts = np.unique(keys, return_counts=True)
+    rows, cols = np.divmod(uniq, vocab_size)
+    return sp.csr_matrix((counts.astype(np.int64), (rows, cols)), shape=(vocab_size, vocab_size))
+
+
+def topk_table(counts: sp.csr_matrix, top_k: int, smoothing: float) -> dict[str, np.ndarray]:
+    """Padded top-k successor table with exact probabilities under add-k smoothing."""
+    counts = counts.tocsr()
+    counts.sort_indices()
+    vocab = counts.shape[0]
+    row_len = np.diff(counts.indptr)
+    rows = np.repeat(np.arange(vocab), row_len)
+    # order entries by (row, -count, col): deterministic top-k per row
+    order = np.lexsort((counts.indices, -counts.data, rows))
+    rank = np.arange(order.size) - counts.indptr[rows[order]]
+    keep = rank < top_k
+    k = int(min(top_k, row_len.max(initial=0))) or 1
+    ids = np.zeros((vocab, k), dtype=np.int64)
+    probs = np.zeros((vocab, k), dtype=np.float64)
+    totals = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
+    denom = totals + smoothing * vocab
+    sel = order[keep]
+    r, c = rows[sel], rank[keep]
+    ids[r, c] = counts.indices[sel]
+    safe = np.where(denom > 0, denom, 1.0)
+    probs[r, c] = counts.data[sel] / safe[r]
+    rest = np.where(denom > 0, 1.0 - probs.sum(axis=1), 1.0)
+    return {"ids": ids, "probs": probs.astype(np.float32), "rest": np.clip(rest, 0.0, 1.0).astype(np.float32)}
+
+
+def build(tokens: np.ndarray, vocab_size: int, spec: dict, out: str | Path, meta_out: str | Path) -> dict:
+    counts = count_bigrams(tokens, vocab_size)
+    table = topk_table(counts, spec["top_k"], spec["smoothing"])
+    with atomic_path(out, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                ids=table["ids"].astype(np.int32),
+                probs=table["probs"],
+                rest=table["rest"],
+                counts_data=counts.data,
+                counts_indices=counts.indices,
+                counts_indptr=counts.indptr,
+                vocab_size=np.int64(vocab_size),
+            )
+    row_nnz = np.diff(counts.indptr)
+    seen = row_nnz > 0
+    meta = {
+        "vocab_size": vocab_size,
+        "tokens": int(len(tokens)),
+        "distinct_bigrams": int(counts.nnz),
+        "top_k": int(table["ids"].shape[1]),
+        "smoothing": spec["smoothing"],
+        "max_successors": int(row_nnz.max(initial=0)),
+        "mean_listed_mass": float(table["probs"].sum(axis=1)[seen].mean()) if seen.any() else 0.0,
+    }
+    write_json(meta_out, meta)
+    return meta
+
+
+def load_counts(path: str | Path) -> sp.csr_matrix:
+    z = np.load(path)
+    v = int(z["vocab_size"])
+    return sp.csr_matrix((z["counts_data"], z["counts_indices"], z["counts_indptr"]), shape=(v, v))
+
+
+class BigramTeacher:
+    """Looks the previous token up in the padded table: O(B*T*K), no model run."""
+
+    def __init__(self, ids: torch.Tensor, probs: torch.Tensor, rest: torch.Tensor):
+        self.ids, self.probs, self.rest = ids, probs, rest
+
+    @classmethod
+    def load(cls, path: str | Path, device="cpu") -> BigramTeacher:
+        z = np.load(path)
+        return cls(
+            torch.from_numpy(z["ids"].astype(np.int64)).to(device),
+            torch.from_numpy(z["probs"]).to(device),
+            torch.from_numpy(z["rest"]).to(device),
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.ids.shape[0]
+
+    def to(self, device) -> BigramTeacher:
+        return BigramTeacher(self.ids.to(device), self.probs.to(device), self.rest.to(device))
+
+    def signal(self, input_ids: torch.Tensor) -> GuidanceSignal:
+        # position t predicts x_{t+1}; its previous token is the input x_t itself
+        return GuidanceSignal(self.ids[input_ids], self.probs[input_ids], self.rest[input_ids])

@@ -1,0 +1,78 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SDCE_SHARED", REPO.parent / "shared"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or os.environ.get("SDCE_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow or SDCE_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    if not SHARED.exists():
+        pytest.skip(f"shared data folder not found at {SHARED}")
+    return SHARED
+
+
+def sdce(*args, cwd=None, check=True):
+    """Run the real `sdce` command line in a subprocess."""
+    exe = shutil.which("sdce") or str(Path(sys.executable).with_name("sdce"))
+    proc = subprocess.run([exe, *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sdce {' '.join(map(str, args))} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """Corpus, split, tokenizer and shards of a small synthetic corpus, built once."""
+    from sdce.data.corpus import build_corpus, read_documents, write_documents
+    from sdce.data.shards import encode_documents
+    from sdce.data.split import split_documents
+    from sdce.data.tokenizer import build_tokenizer
+    from sdce.teachers import bigram
+
+    root = tmp_path_factory.mktemp("tiny")
+    build_corpus(
+        {"source": "synthetic", "synthetic_documents": 600, "synthetic_seed": 3},
+        root / "corpus.jsonl",
+        root / "stats.json",
+    )
+    docs = read_documents(root / "corpus.jsonl")
+    train, val = split_documents(
+        docs,
+        {
+            "validation_fraction": 0.1,
+            "shuffle": True,
+            "seed": 42,
+            "train_subset": None,
+            "validation_subset": None,
+        },
+    )
+    write_documents(root / "train.jsonl", train)
+    tok = build_tokenizer(
+        {"kind": "bpe", "vocab_size": 400, "min_frequency": 2}, (d["text"] for d in train), root / "tokenizer"
+    )
+    encode_documents(tok, train, root / "train.bin", root / "tokenizer")
+    encode_documents(tok, val, root / "validation.bin", root / "tokenizer")
+    import numpy as np
+
+    data = np.memmap(root / "train.bin", dtype=np.uint16, mode="r")
+    bigram.build(data, len(tok), {"top_k": 64, "smoothing": 0.0}, root / "bigram.npz", root / "bigram.json")
+    return root

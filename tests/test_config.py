@@ -1,0 +1,71 @@
+"""One schema for Snakemake and Python: shipped configs, key-naming errors, docs in sync."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdce import config as cfg
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = [REPO / "config" / "config.yaml", *sorted((REPO / "tests" / "configs").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_validates_and_resolves(path):
+    study = cfg.load(path)
+    assert study["baseline"] in study["runs"]
+    for name in study["runs"]:
+        run = cfg.resolve_run(study, name)
+        assert set(run) == {"model", "training", "guidance"}
+
+
+def test_run_overrides_merge_over_top_level():
+    study = cfg.validate(
+        {
+            "experiment": "x",
+            "corpus": {"source": "synthetic"},
+            "training": {"steps": 50},
+            "model": {"n_layer": 3},
+            "runs": {"a": {"training": {"learning_rate": 0.01}, "model": {"n_layer": 6}}},
+        }
+    )
+    run = cfg.resolve_run(study, "a")
+    assert run["training"]["steps"] == 50 and run["training"]["learning_rate"] == 0.01
+    assert run["model"]["n_layer"] == 6 and run["guidance"]["objective"] == "ce"
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda c: c["training"].update(lr=0.1), "config.training.lr is not a known key"),
+        (lambda c: c["training"].update(steps="10"), "config.training.steps: '10' is not of type 'integer'"),
+        (
+            lambda c: c["runs"]["baseline"].update(guidance={"schedule": "cubic"}),
+            "config.runs.baseline.guidance.schedule",
+        ),
+        (lambda c: c["corpus"].update(source="web"), "config.corpus.source: 'web' is not one of"),
+        (lambda c: c.update(seeds=[]), "config.seeds"),
+        (lambda c: c["containers"].update(cpu="ghcr.io/x/y:latest"), "config.containers.cpu"),
+    ],
+)
+def test_errors_name_the_key(edit, message):
+    study = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    study.setdefault("containers", {})
+    edit(study)
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.validate(study)
+    assert str(err.value).startswith(message)
+
+
+def test_config_reference_is_generated_from_the_schema():
+    assert (REPO / "config" / "README.md").read_text() == cfg.describe(), (
+        "run: sdce config-docs > config/README.md"
+    )
+
+
+def test_python_has_no_defaults_of_its_own():
+    """Defaults come from the schema only: an empty slice gets exactly the schema defaults."""
+    training = cfg.validate({}, "training")
+    schema_defaults = {k: v["default"] for k, v in cfg.schema()["$defs"]["training"]["properties"].items()}
+    assert training == schema_defaults

@@ -1,0 +1,173 @@
+"""Corpus sources, split, tokenizer, shards and bigram counting on real files."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from sdce.data import corpus as corpus_mod
+from sdce.data.corpus import CorpusError, load_corpus
+from sdce.data.shards import dtype_for, encode_documents, load_shard
+from sdce.data.split import SplitError, split_documents
+from sdce.data.tokenizer import TokenizerError, build_tokenizer, load
+from sdce.teachers.bigram import count_bigrams
+
+from .conftest import sdce
+
+SPEC = {
+    "source": "files",
+    "path": None,
+    "text_column": "text",
+    "synthetic_documents": 10,
+    "synthetic_seed": 0,
+    "hf_name": None,
+    "hf_config": None,
+    "hf_split": "train",
+}
+SPLIT = {
+    "validation_fraction": 0.2,
+    "shuffle": False,
+    "seed": 42,
+    "train_subset": None,
+    "validation_subset": None,
+}
+
+
+def test_files_source_reads_txt_json_and_jsonl(tmp_path):
+    (tmp_path / "a.txt").write_text("one doc\n\nsecond doc\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"body": "from jsonl"}) + "\n")
+    (tmp_path / "c.json").write_text(json.dumps({"data": [{"body": "from json"}]}))
+    docs = load_corpus({**SPEC, "path": str(tmp_path / "a.txt")})
+    assert [d["text"] for d in docs] == ["one doc", "second doc"]
+    with pytest.raises(CorpusError, match=r"b.jsonl:1: record has no 'text' field"):
+        load_corpus({**SPEC, "path": str(tmp_path)})
+    (tmp_path / "a.txt").unlink()
+    docs = load_corpus({**SPEC, "path": str(tmp_path), "text_column": "body"})
+    assert sorted(d["text"] for d in docs) == ["from json", "from jsonl"]
+
+
+def test_babylm_folder_keeps_sources_and_order(tmp_path):
+    root = tmp_path / "train_10M"
+    root.mkdir()
+    (root / "childes.train").write_text("".join(f"child {i}\n" for i in range(10)))
+    (root / "simple_wiki.train").write_text("".join(f"wiki {i}\n" for i in range(20)))
+    docs = load_corpus({**SPEC, "source": "babylm", "path": str(root)})
+    stats = corpus_mod.corpus_stats(docs)
+    assert stats["sources"] == {
+        "childes": {"documents": 10, "words": 20},
+        "simple_wiki": {"documents": 20, "words": 40},
+    }
+    train, val = split_documents(docs, {**SPLIT, "validation_fraction": 0.1})
+    # coherent split: the last 10% of each source, order kept
+    assert [d["text"] for d in val] == ["child 9", "wiki 18", "wiki 19"]
+    assert [d["text"] for d in train][:3] == ["child 0", "child 1", "child 2"]
+
+
+def test_hf_source_loads_saved_and_file_datasets(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_dict({"text": ["alpha beta", "gamma"]}).save_to_disk(str(tmp_path / "saved"))
+    docs = load_corpus({**SPEC, "source": "hf", "hf_name": str(tmp_path / "saved")})
+    assert [d["text"] for d in docs] == ["alpha beta", "gamma"]
+    folder = tmp_path / "jsonl_ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"text": "delta"}\n{"text": "epsilon"}\n')
+    docs = load_corpus({**SPEC, "source": "hf", "hf_name": str(folder)})
+    assert [d["text"] for d in docs] == ["delta", "epsilon"]
+    with pytest.raises(CorpusError, match="no column 'body'"):
+        load_corpus({**SPEC, "source": "hf", "hf_name": str(folder), "text_column": "body"})
+
+
+def test_missing_and_empty_corpus_name_the_path(tmp_path):
+    with pytest.raises(CorpusError, match=f"does not exist: {tmp_path / 'nope'}"):
+        load_corpus({**SPEC, "path": str(tmp_path / "nope")})
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(CorpusError, match="corpus is empty: .*empty.txt"):
+        load_corpus({**SPEC, "path": str(tmp_path / "empty.txt")})
+
+
+def test_split_is_seeded_and_reproducible():
+    docs = [{"text": f"d{i}", "source": "s"} for i in range(100)]
+    spec = {**SPLIT, "shuffle": True}
+    a, b = split_documents(docs, spec), split_documents(docs, spec)
+    assert a == b and len(a[1]) == 20
+    c = split_documents(docs, {**spec, "seed": 7})
+    assert c[1] != a[1]
+    assert {d["text"] for d in a[0]} | {d["text"] for d in a[1]} == {d["text"] for d in docs}
+    sub = split_documents(docs, {**spec, "train_subset": 5, "validation_subset": 3})
+    assert len(sub[0]) == 5 and len(sub[1]) == 3
+    with pytest.raises(SplitError, match="validation set empty"):
+        split_documents(docs[:3], {**SPLIT, "validation_fraction": 0.1})
+
+
+def test_tokenizer_roundtrip_and_too_large_vocab(tmp_path, tiny_data):
+    tok = load(tiny_data / "tokenizer")
+    assert len(tok) == 400 and tok.eos_token == "<|endoftext|>"
+    text = "The teachers near the old house see themselves."
+    assert tok.decode(tok(text)["input_ids"]) == text
+    with pytest.raises(TokenizerError, match="vocab_size=50000 is larger than the training split supports"):
+        build_tokenizer(
+            {"kind": "bpe", "vocab_size": 50000, "min_frequency": 2}, ["a b c", "a b"], tmp_path / "t"
+        )
+
+
+def test_shards_match_direct_encoding_and_sidecar(tiny_data):
+    from sdce.data.corpus import read_documents
+
+    tok = load(tiny_data / "tokenizer")
+    data, meta = load_shard(tiny_data / "train.bin")
+    docs = read_documents(tiny_data / "train.jsonl")
+    expected = []
+    for d in docs:
+        expected += tok(d["text"])["input_ids"] + [tok.eos_token_id]
+    np.testing.assert_array_equal(np.asarray(data), np.asarray(expected))
+    assert meta["documents"] == len(docs) and meta["tokens"] == len(expected)
+    assert meta["words"] == sum(len(d["text"].split()) for d in docs)
+    assert meta["dtype"] == "uint16" and dtype_for(70000) == np.uint32
+
+
+def test_encode_is_atomic_on_failure(tmp_path, tiny_data):
+    tok = load(tiny_data / "tokenizer")
+    with pytest.raises(TypeError):
+        encode_documents(tok, [{"text": None, "source": "s"}], tmp_path / "x.bin", tiny_data / "tokenizer")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bigram_counts_match_dense_count():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 50, size=5000).astype(np.uint16)
+    counts = count_bigrams(tokens, 50)
+    assert isinstance(counts, sp.csr_matrix)
+    dense = np.zeros((50, 50), dtype=np.int64)
+    np.add.at(dense, (tokens[:-1].astype(int), tokens[1:].astype(int)), 1)
+    np.testing.assert_array_equal(counts.toarray(), dense)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    proc = sdce(
+        "corpus",
+        "--params",
+        json.dumps({"source": "files", "path": str(tmp_path / "missing")}),
+        "--out",
+        tmp_path / "c.jsonl",
+        "--stats",
+        tmp_path / "s.json",
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"sdce corpus: error: corpus path does not exist: {tmp_path / 'missing'}"
+    ]
+    proc = sdce(
+        "corpus",
+        "--params",
+        json.dumps({"source": "synthetic", "synthetic_docs": 3}),
+        "--out",
+        tmp_path / "c.jsonl",
+        "--stats",
+        tmp_path / "s.json",
+        check=False,
+    )
+    assert proc.returncode == 2 and "corpus.synthetic_docs is not a known key" in proc.stderr
+    assert not (tmp_path / "c.jsonl").exists()

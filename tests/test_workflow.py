@@ -1,0 +1,128 @@
+"""The real Snakemake DAG on a tiny config: a full run, then what a change reruns."""
+
+import csv
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def snakemake(workdir, configfile, *args, check=True):
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        *args,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def planned_jobs(workdir, configfile) -> dict[str, int]:
+    out = snakemake(workdir, configfile, "--dry-run", "--quiet", "rules").stdout
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
+    jobs.pop("total", None)
+    return {k: int(v) for k, v in jobs.items()}
+
+
+def variant(tmp_path, name, edit) -> Path:
+    config = yaml.safe_load(TINY.read_text())
+    edit(config)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("study")
+    config = workdir / "tiny.yaml"
+    shutil.copy(TINY, config)
+    snakemake(workdir, config, "--cores", "2")
+    return workdir, config
+
+
+def test_full_dag_produces_report(finished_study):
+    workdir, _ = finished_study
+    report = workdir / "results" / "tiny" / "report"
+    rows = list(csv.DictReader(open(report / "summary.csv")))
+    assert sorted((r["run"], r["seed"]) for r in rows) == [
+        ("baseline", "1"),
+        ("baseline", "2"),
+        ("bigram_linear", "1"),
+        ("bigram_linear", "2"),
+    ]
+    for r in rows:
+        assert 1.0 < float(r["perplexity"]) < 400
+    md = (report / "summary.md").read_text()
+    assert "| bigram_linear | bigram | linear | 2 |" in md
+    for png in ("val_loss.png", "val_loss_tail.png", "train_loss.png", "guidance_weight.png"):
+        assert (report / png).stat().st_size > 5000
+
+
+def test_nothing_to_do_after_a_run(finished_study):
+    workdir, config = finished_study
+    assert planned_jobs(workdir, config) == {}
+
+
+def test_changing_one_run_reruns_only_that_run(finished_study, tmp_path):
+    workdir, _ = finished_study
+    changed = variant(
+        tmp_path, "one_run", lambda c: c["runs"]["bigram_linear"]["guidance"].update(schedule_steps=3)
+    )
+    assert planned_jobs(workdir, changed) == {"train": 2, "evaluate": 2, "report": 1, "all": 1}
+
+
+def test_adding_a_seed_runs_only_new_jobs(finished_study, tmp_path):
+    workdir, _ = finished_study
+    changed = variant(tmp_path, "seed", lambda c: c.update(seeds=[1, 2, 3]))
+    assert planned_jobs(workdir, changed) == {"train": 2, "evaluate": 2, "report": 1, "all": 1}
+
+
+def test_changing_the_tokenizer_reruns_everything_downstream(finished_study, tmp_path):
+    workdir, _ = finished_study
+    changed = variant(tmp_path, "tok", lambda c: c["tokenizer"].update(vocab_size=320))
+    assert planned_jobs(workdir, changed) == {
+        "tokenizer": 1,
+        "encode": 2,
+        "bigram": 1,
+        "train": 4,
+        "evaluate": 4,
+        "report": 1,
+        "all": 1,
+    }
+
+
+def test_schema_errors_name_the_key(tmp_path):
+    bad = variant(tmp_path, "bad", lambda c: c["training"].update(learning_rat=0.1))
+    proc = snakemake(tmp_path, bad, "--dry-run", check=False)
+    assert proc.returncode != 0
+    assert "learning_rat" in proc.stderr + proc.stdout
+    bad = variant(tmp_path, "bad2", lambda c: c["runs"]["bigram_linear"]["guidance"].update(schedule="cubic"))
+    proc = snakemake(tmp_path, bad, "--dry-run", check=False)
+    assert proc.returncode != 0 and "cubic" in proc.stderr + proc.stdout
+
+
+def test_lint_and_format_clean():
+    proc = subprocess.run(
+        [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--lint"], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    snakefmt = Path(sys.executable).with_name("snakefmt")
+    files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    proc = subprocess.run([str(snakefmt), "--check", *map(str, files)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

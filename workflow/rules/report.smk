@@ -1,0 +1,17 @@
+rule report:
+    input:
+        summaries=all_runs(f"{RESULTS}/runs/{{run}}/seed{{seed}}/summary.json"),
+        metrics=all_runs(f"{RESULTS}/runs/{{run}}/seed{{seed}}/metrics.jsonl"),
+        evals=all_runs(f"{RESULTS}/eval/{{run}}/seed{{seed}}.json"),
+    output:
+        report=directory(f"{RESULTS}/report"),
+    log:
+        f"{LOGS}/report.log",
+    container:
+        image("cpu")
+    params:
+        spec=section_json("report"),
+        baseline=config["baseline"],
+    shell:
+        "sdce report --params {params.spec:q} --summaries {input.summaries} --evals {input.evals}"
+        " --baseline {params.baseline} --out {output.report} > {log} 2>&1"

@@ -1,0 +1,24 @@
+rule train:
+    input:
+        unpack(teacher_inputs),
+        train=f"{RESULTS}/shards/train.bin",
+        validation=f"{RESULTS}/shards/validation.bin",
+        tokenizer=f"{RESULTS}/tokenizer",
+    output:
+        model=directory(f"{RESULTS}/runs/{{run}}/seed{{seed}}/model"),
+        metrics=f"{RESULTS}/runs/{{run}}/seed{{seed}}/metrics.jsonl",
+        summary=f"{RESULTS}/runs/{{run}}/seed{{seed}}/summary.json",
+    log:
+        f"{LOGS}/train/{{run}}_seed{{seed}}.log",
+    container:
+        image("cuda")
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        run=run_json,
+        teacher=teacher_arg,
+    shell:
+        "sdce train --params {params.run:q} --name {wildcards.run} --seed {wildcards.seed}"
+        " --train-shard {input.train} --val-shard {input.validation} --tokenizer {input.tokenizer}"
+        " {params.teacher} --threads {threads} --out $(dirname {output.summary}) > {log} 2>&1"
