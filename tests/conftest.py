@@ -39,6 +39,11 @@ def sdce(*args, cwd=None, check=True):
     return proc
 
 
+@pytest.fixture
+def run_sdce():
+    return sdce
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """Corpus, split, tokenizer and shards of a small synthetic corpus, built once."""

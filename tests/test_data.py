@@ -13,8 +13,6 @@ from sdce.data.split import SplitError, split_documents
 from sdce.data.tokenizer import TokenizerError, build_tokenizer, load
 from sdce.teachers.bigram import count_bigrams
 
-from .conftest import sdce
-
 SPEC = {
     "source": "files",
     "path": None,
@@ -144,7 +142,8 @@ def test_bigram_counts_match_dense_count():
     np.testing.assert_array_equal(counts.toarray(), dense)
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(tmp_path, run_sdce):
+    sdce = run_sdce
     proc = sdce(
         "corpus",
         "--params",

@@ -84,7 +84,11 @@ def _scheduler(optimizer, spec: dict):
 
 def _accelerator(spec: dict):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    # several runs in one process (tests, notebooks) may differ in precision; the
+    # process group (PartialState) is kept
+    AcceleratorState._reset_state(reset_partial_state=False)
     precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[spec["precision"]]
     if precision == "fp16" and not torch.cuda.is_available():
         raise TrainingError("training.precision=fp16 needs a CUDA device; use bf16 or fp32 here")
