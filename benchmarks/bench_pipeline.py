@@ -46,7 +46,7 @@ def main() -> None:
     t0 = time.perf_counter()
     docs = [{"text": t, "source": "synthetic"} for t in generate_documents(max(1, args.tokens // 75), seed=0)]
     print(f"generated {len(docs)} documents in {time.perf_counter() - t0:.1f}s")
-    tok = train_bpe((d["text"] for d in docs[:5000]), 4000, 2)
+    tok = train_bpe((d["text"] for d in docs[:20000]), 2000, 2)
     tok.save_pretrained(str(tmp / "tok"))
 
     t0 = time.perf_counter()

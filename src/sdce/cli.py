@@ -89,6 +89,36 @@ def cmd_bigram(args) -> None:
     )
 
 
+def cmd_teacher(args) -> None:
+    from sdce.teachers.surrogate import describe_teacher
+
+    spec = _params(args, "$defs/teacher", f"teachers.{args.name}")
+    d = describe_teacher(spec, args.name, args.model, args.student_tokenizer, args.out)
+    a = d["alignment"]
+    print(
+        f"teacher {args.name}: {d['model']}, {a['intersection']} shared tokens = "
+        f"{a['teacher_coverage']:.1%} of the teacher's, {a['student_coverage']:.1%} of the student's"
+    )
+
+
+def cmd_cache_teacher(args) -> None:
+    from sdce.data.tokenizer import load
+    from sdce.teachers.cache import build_cache
+    from sdce.teachers.surrogate import LMTeacher
+
+    spec = _params(args, "$defs/teacher_cache", "teacher_cache")
+    torch_threads(args.threads)
+    signal = {k: spec[k] for k in ("top_k", "probability_threshold", "temperature")}
+    teacher = LMTeacher.from_descriptor(args.teacher, load(args.tokenizer), signal)
+    info = build_cache(teacher, args.shard, spec, args.out)
+    print(
+        f"cache-teacher: {info['tokens']:,} tokens in {info['seconds']:.1f}s "
+        f"= {info['tokens_per_s']:,.0f} tokens/s, "
+        f"{info['bytes_per_token']:.1f} bytes/token; aligned {info['aligned_fraction']:.1%}, "
+        f"listed mass {info['mean_listed_mass']:.3f}, mapped mass {info['mean_mapped_mass']:.3f}"
+    )
+
+
 def cmd_train(args) -> None:
     from sdce.train import train
 
@@ -116,32 +146,65 @@ def cmd_train(args) -> None:
     print(json.dumps(summary, sort_keys=True))
 
 
+def _named_folders(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        name, sep, folder = item.partition("=")
+        if not sep:
+            raise ValueError(f"--pairs expects NAME=FOLDER, got '{item}'")
+        out[name] = folder
+    return out
+
+
 def cmd_evaluate(args) -> None:
-    from sdce.evaluation.perplexity import evaluate_perplexity
+    from sdce.evaluation.run import evaluate_milestones, evaluate_model
     from sdce.io import write_json
 
     spec = _params(args, "properties/evaluation", "evaluation")
     torch_threads(args.threads)
-    result = evaluate_perplexity(
-        args.model, args.val_shard, args.block_size, spec["eval_tokens"], spec["batch_size"]
-    )
-    result.update({"run": args.name, "seed": args.seed})
+    folders = _named_folders(args.pairs)
+    if args.milestones:
+        found = evaluate_milestones(args.model, args.val_shard, args.block_size, spec, folders)
+        result = {"run": args.name, "seed": args.seed, "milestones": found}
+        print(f"evaluate: {len(found)} milestone(s) of {args.model}")
+    else:
+        result = evaluate_model(args.model, args.val_shard, args.block_size, spec, folders)
+        result.update({"run": args.name, "seed": args.seed})
+        print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, sort_keys=True))
     write_json(args.out, result)
-    print(json.dumps(result, sort_keys=True))
+
+
+def cmd_minimal_pairs(args) -> None:
+    from sdce.data.synthetic import generate_minimal_pairs, write_minimal_pairs
+    from sdce.io import atomic_dir
+
+    spec = _params(args, "properties/evaluation", "evaluation")
+    pairs = generate_minimal_pairs(spec["synthetic_pairs"], spec["synthetic_pairs_seed"])
+    with atomic_dir(args.out) as tmp:
+        write_minimal_pairs(tmp, pairs)
+    print(f"minimal pairs: {sum(map(len, pairs.values()))} pairs in {len(pairs)} paradigms -> {args.out}")
 
 
 def cmd_report(args) -> None:
     from sdce.report import build_report
 
     spec = _params(args, "properties/report", "report")
-    finals = build_report(args.summaries, args.evals, args.baseline, args.out, spec["tail_fraction"])
+    finals = build_report(
+        args.summaries,
+        args.evals,
+        args.baseline,
+        args.out,
+        spec["tail_fraction"],
+        milestone_files=args.milestones,
+    )
     print(finals.to_string(index=False))
 
 
 def cmd_check_config(args) -> None:
+    from sdce.teachers.distill import check_study
+
     study = cfg.load(args.config)
-    for name in study["runs"]:
-        cfg.resolve_run(study, name)
+    check_study(study, {name: cfg.resolve_run(study, name) for name in study["runs"]})
     print(f"{args.config}: valid ({len(study['runs'])} runs x {len(study['seeds'])} seeds)")
 
 
@@ -189,25 +252,52 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--train-shard", required=True)
     sp.add_argument("--val-shard", required=True)
     sp.add_argument("--tokenizer", required=True)
-    sp.add_argument("--teacher", help="teacher artifact (bigram table)")
+    sp.add_argument(
+        "--teacher", help="teacher artifact: bigram table, LM teacher cache folder or teacher.json (online)"
+    )
     sp.add_argument("--out", required=True)
     sp.add_argument("--threads", type=int, default=1, help="CPU threads (the rule's threads)")
     sp.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     sp.add_argument("--no-progress", action="store_true")
     sp.add_argument("--stop-after", type=int, help="stop after this step's checkpoint (simulates preemption)")
 
+    sp = add(
+        "teacher", cmd_teacher, "check an LM teacher against the student tokenizer, write its descriptor"
+    )
+    sp.add_argument("--name", required=True, help="teacher name (a key of teachers)")
+    sp.add_argument("--model", required=True, help="the teacher model: a folder or a name")
+    sp.add_argument("--student-tokenizer", required=True)
+    sp.add_argument("--out", required=True, help="descriptor (teacher.json)")
+
+    sp = add(
+        "cache-teacher", cmd_cache_teacher, "run an LM teacher once over the training shard, store top-k"
+    )
+    sp.add_argument("--teacher", required=True, help="descriptor written by sdce teacher")
+    sp.add_argument("--shard", required=True, help="training shard (student tokens)")
+    sp.add_argument("--tokenizer", required=True, help="student tokenizer")
+    sp.add_argument("--threads", type=int, default=1)
+    sp.add_argument("--out", required=True, help="cache folder")
+
     sp = add("evaluate", cmd_evaluate, "validation loss and perplexity of a model")
     sp.add_argument("--model", required=True)
     sp.add_argument("--val-shard", required=True)
     sp.add_argument("--block-size", type=int, required=True)
     sp.add_argument("--threads", type=int, default=1)
+    sp.add_argument("--pairs", nargs="*", help="minimal-pair folders as NAME=FOLDER")
+    sp.add_argument(
+        "--milestones", action="store_true", help="--model is a run folder: evaluate its milestones"
+    )
     sp.add_argument("--name", required=True)
     sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument("--out", required=True)
+
+    sp = add("minimal-pairs", cmd_minimal_pairs, "minimal pairs generated from the embedded grammar")
     sp.add_argument("--out", required=True)
 
     sp = add("report", cmd_report, "tables and plots of a study")
     sp.add_argument("--summaries", nargs="+", required=True, help="runs' summary.json (metrics.jsonl beside)")
     sp.add_argument("--evals", nargs="+", required=True, help="evaluation JSON files")
+    sp.add_argument("--milestones", nargs="*", default=[], help="milestone evaluation JSON files")
     sp.add_argument("--baseline", required=True)
     sp.add_argument("--out", required=True)
 

@@ -87,6 +87,10 @@ def validate(config: dict, fragment: str | None = None, where: str = "config") -
         raise ConfigError(f"{_key_path(err, where)}: {err.message}")
     if as_written is not None:
         config["runs"] = keep_run_overrides(as_written)
+    if isinstance(config, dict) and isinstance(config.get("training"), dict):
+        milestone_words(
+            config["training"].get("milestones")
+        )  # increasing: checked here, not expressible in schema
     return config
 
 
@@ -160,7 +164,7 @@ def _rows(node: dict, prefix: str, root: dict) -> list[tuple[str, str, str, str]
         )
         if isinstance(default, dict) and not default:
             default = ""
-        desc = " ".join(str(resolved.get("description", sub.get("description", ""))).split())
+        desc = " ".join(str(sub.get("description", resolved.get("description", ""))).split())
         shown = "required" if default == "(required)" else f"`{json_dump(default)}`" if default != "" else ""
         rows.append((path, kind, shown, desc))
         if resolved.get("properties"):
@@ -193,3 +197,23 @@ def describe() -> str:
     ]
     lines += [f"| `{p}` | {k} | {d} | {desc} |" for p, k, d, desc in _rows(root, "", root)]
     return "\n".join(lines) + "\n"
+
+
+def milestone_words(spec) -> list[int]:
+    """The words-seen milestones of `training.milestones` as an increasing list."""
+    if spec is None:
+        return []
+    if isinstance(spec, list):
+        if any(b <= a for a, b in zip(spec, spec[1:], strict=False)):
+            raise ConfigError(f"training.milestones: {spec} is not strictly increasing")
+        return list(spec)
+    first, last = spec["first"], spec["last"]
+    if last < first:
+        raise ConfigError(f"training.milestones: last={last} is smaller than first={first}")
+    out, step, value = [], first, first
+    while value <= last:
+        out.append(value)
+        if value >= 10 * step:
+            step *= 10
+        value += step
+    return out

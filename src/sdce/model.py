@@ -46,17 +46,64 @@ def build_model(spec: dict, tokenizer, block_size: int, seed: int):
     from transformers import AutoModelForCausalLM
 
     attn = spec["attn_implementation"]
+    lora = spec.get("lora")
     if spec["from_pretrained"]:
-        model = AutoModelForCausalLM.from_pretrained(spec["from_pretrained"], attn_implementation=attn)
+        model = AutoModelForCausalLM.from_pretrained(
+            spec["from_pretrained"], attn_implementation=attn, **_quantization(lora)
+        )
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             raise ValueError(
                 f"model {spec['from_pretrained']} has {model.get_input_embeddings().num_embeddings} "
                 f"embeddings but the tokenizer has {len(tokenizer)} tokens"
             )
-        return model
-    cfg = build_config(spec, len(tokenizer), block_size, tokenizer.bos_token_id, tokenizer.eos_token_id)
+        return apply_lora(model, lora) if lora else model
+    if lora:
+        raise ValueError("model.lora adapts a pretrained model: set model.from_pretrained as well")
+    positions = max(block_size, spec["n_positions"] or block_size)
+    cfg = build_config(spec, len(tokenizer), positions, tokenizer.bos_token_id, tokenizer.eos_token_id)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
+
+
+def _quantization(lora: dict | None) -> dict:
+    """from_pretrained arguments of a QLoRA base (4-bit NF4 weights, bf16 compute)."""
+    if not (lora and lora["load_in_4bit"]):
+        return {}
+    if not torch.cuda.is_available():
+        raise ValueError(
+            "model.lora.load_in_4bit (QLoRA) needs a CUDA device for bitsandbytes; "
+            "on this machine use LoRA on the full-precision base (load_in_4bit: false, finetune: lora)"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "model.lora.load_in_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+    )
+    return {"quantization_config": quant, "device_map": {"": torch.cuda.current_device()}}
+
+
+def apply_lora(model, lora: dict):
+    """Wrap a pretrained causal LM in LoRA adapters (peft); only the adapters train."""
+    try:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    except ImportError:
+        raise ValueError("model.lora needs peft: pip install 'sdce[lora]'") from None
+    if lora["load_in_4bit"]:
+        model = prepare_model_for_kbit_training(model)
+    config = LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
 
 
 def count_parameters(model) -> int:

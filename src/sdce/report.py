@@ -46,7 +46,7 @@ def load_runs(summaries: list[str], eval_files: list[str]) -> tuple[pd.DataFrame
                 "final_val_loss": e.get("val_loss", s["final_val_loss"]),
                 "perplexity": e.get("perplexity", s["final_val_ppl"]),
                 "tokens_per_s": float(np.median(tps)) if tps else float("nan"),
-                **{k: v for k, v in e.items() if k.startswith("blimp") or k.startswith("minimal_pairs")},
+                **{k: v for k, v in e.items() if k.endswith("_accuracy") or k.startswith("babylm_")},
             }
         )
     return pd.DataFrame(curves), pd.DataFrame(finals).sort_values(["run", "seed"]).reset_index(drop=True)
@@ -94,6 +94,68 @@ def _mean_std(x: pd.Series, fmt: str = "{:.4f}") -> str:
     return f"{fmt.format(x.mean())} ± {fmt.format(x.std(ddof=1))}"
 
 
+def load_milestones(files: list[str]) -> pd.DataFrame:
+    rows = []
+    for f in files:
+        e = read_json(f)
+        for m in e["milestones"]:
+            rows.append(
+                {
+                    "run": e["run"],
+                    "seed": e["seed"],
+                    **{k: v for k, v in m.items() if not isinstance(v, dict)},
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def learning_curves(milestones: pd.DataFrame, curves: pd.DataFrame, baseline: str, path: Path) -> list[str]:
+    """Per guided run, its curves against words seen beside the baseline's (mean +- std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("val_loss", curves[curves.kind == "eval"], "validation loss")]
+    if not milestones.empty:
+        panels += [
+            (c, milestones, c.replace("_", " ")) for c in milestones.columns if c.endswith("_accuracy")
+        ]
+    guided = sorted(r for r in curves.run.unique() if r != baseline)
+    if not guided:
+        return []
+    fig, axes = plt.subplots(
+        len(panels), len(guided), figsize=(3.6 * len(guided), 2.8 * len(panels)), squeeze=False
+    )
+    for i, (col, data, label) in enumerate(panels):
+        for j, run in enumerate(guided):
+            ax = axes[i][j]
+            for name, color in ((baseline, "black"), (run, "tab:blue")):
+                g = data[data.run == name].groupby("words")[col].agg(["mean", "std"]).fillna(0.0)
+                ax.plot(
+                    g.index,
+                    g["mean"],
+                    color=color,
+                    label=name,
+                    marker="o" if data is milestones else None,
+                    markersize=3,
+                )
+                ax.fill_between(g.index, g["mean"] - g["std"], g["mean"] + g["std"], color=color, alpha=0.15)
+            ax.set_xscale("symlog", linthresh=max(1.0, float(data.words[data.words > 0].min() or 1)))
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(run, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(label)
+            if i == len(panels) - 1:
+                ax.set_xlabel("words seen")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path.name]
+
+
 def markdown(finals: pd.DataFrame, baseline: str, plots: list[str]) -> str:
     base_tps = finals[finals.run == baseline].tokens_per_s.mean()
     lines = [
@@ -116,6 +178,19 @@ def markdown(finals: pd.DataFrame, baseline: str, plots: list[str]) -> str:
             f"{_mean_std(g.steps_to_baseline, '{:.0f}')} | {_mean_std(g.steps_saved, '{:.0f}')} | "
             f"{reached}/{len(g)} | {g.tokens_per_s.mean() / base_tps:.3f} |"
         )
+    acc_cols = [c for c in finals.columns if c.endswith("_accuracy") or c.startswith("babylm_")]
+    if acc_cols:
+        lines += [
+            "",
+            "## Zero-shot evaluation of the final models",
+            "",
+            "Minimal pairs: macro accuracy over paradigms (ties score 0.5). Mean ± std across seeds.",
+            "",
+            "| run | " + " | ".join(acc_cols) + " |",
+            "|---|" + "---|" * len(acc_cols),
+        ]
+        for run, g in finals.groupby("run", sort=False):
+            lines.append(f"| {run} | " + " | ".join(_mean_std(g[c], "{:.3f}") for c in acc_cols) + " |")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(lines)
 
@@ -154,7 +229,12 @@ def _band_plot(
 
 
 def build_report(
-    summaries: list[str], eval_files: list[str], baseline: str, out_dir: str, tail_fraction: float
+    summaries: list[str],
+    eval_files: list[str],
+    baseline: str,
+    out_dir: str,
+    tail_fraction: float,
+    milestone_files: list[str] | None = None,
 ) -> pd.DataFrame:
     curves, finals = load_runs(summaries, eval_files)
     finals = add_steps_to_baseline(curves, finals, baseline)
@@ -168,6 +248,10 @@ def build_report(
     with atomic_dir(out_dir) as tmp:
         for name, kind, col, title, tail in plots:
             _band_plot(curves, kind, col, tmp / name, title, tail, baseline)
+        milestones = load_milestones(milestone_files or [])
+        extra = learning_curves(milestones, curves, baseline, tmp / "learning_curves.png")
+        if not milestones.empty:
+            milestones.to_csv(tmp / "milestones.csv", index=False, float_format="%.6g")
         finals.to_csv(tmp / "summary.csv", index=False, float_format="%.6g")
-        (tmp / "summary.md").write_text(markdown(finals, baseline, [p[0] for p in plots]))
+        (tmp / "summary.md").write_text(markdown(finals, baseline, [p[0] for p in plots] + extra))
     return finals

@@ -5,6 +5,7 @@ a `GuidanceSignal`; `accelerate` supplies the device, mixed precision and,
 when launched with several processes, DDP. A run folder holds:
 
     model/          final model + tokenizer (save_pretrained)      [output]
+    milestones/     words_<N>/ models kept at words-seen milestones (never rotated)
     metrics.jsonl   train and eval records                         [output]
     summary.json    final numbers, parameter count, versions       [output]
     work/           live metrics and rotating checkpoints (kept across failures)
@@ -24,6 +25,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from sdce import checkpoint as ckpt
+from sdce import config as cfg
 from sdce import losses
 from sdce.data import batches
 from sdce.data.shards import load_shard
@@ -36,22 +38,49 @@ class TrainingError(ValueError):
     pass
 
 
-def make_teacher(guidance: dict, teacher_path: str | None, vocab_size: int, device):
-    """The signal producer for an objective (None for cross-entropy)."""
-    if guidance["objective"] == "ce":
+def make_teacher(guidance: dict, teacher_path: str | None, tokenizer, device, *, train_shard=None):
+    """The signal producer for an objective (None for cross-entropy), built before training.
+
+    `teacher_path` is the bigram table, an LM teacher's cache folder (teacher_source:
+    cache) or its descriptor `teacher.json` (online); `tokenizer` the student's.
+    """
+    objective = guidance["objective"]
+    if objective == "ce":
         return None
-    if guidance["objective"] == "bigram":
+    if objective == "label_smoothing":
+        from sdce.teachers.uniform import UniformTeacher
+
+        return UniformTeacher()
+    if objective == "bigram":
         from sdce.teachers.bigram import BigramTeacher
 
         if not teacher_path:
             raise TrainingError("objective 'bigram' needs the bigram table (--teacher)")
         teacher = BigramTeacher.load(teacher_path)
-        if teacher.vocab_size != vocab_size:
+        if teacher.vocab_size != len(tokenizer):
             raise TrainingError(
-                f"bigram table {teacher_path} has vocabulary {teacher.vocab_size}, the student {vocab_size}"
+                f"bigram table {teacher_path} has vocabulary {teacher.vocab_size}, "
+                f"the student {len(tokenizer)}"
             )
         return teacher.to(device)
-    raise TrainingError(f"unknown objective '{guidance['objective']}'")
+    if objective in ("surrogate", "kl"):
+        from sdce.teachers.cache import CachedTeacher
+        from sdce.teachers.surrogate import LMTeacher, signal_spec
+
+        source = guidance["teacher_source"]
+        if not teacher_path:
+            what = "cache folder" if source == "cache" else "descriptor (teacher.json)"
+            raise TrainingError(f"objective '{objective}' needs its LM teacher's {what} (--teacher)")
+        spec = signal_spec(guidance)
+        try:
+            if source == "online":
+                return LMTeacher.from_descriptor(teacher_path, tokenizer, spec, device)
+            if spec["top_k"] is None:
+                raise TrainingError("guidance.kl.top_k: null (dense) needs teacher_source: online")
+            return CachedTeacher.load(teacher_path, spec, train_shard=train_shard, device=device)
+        except ValueError as e:
+            raise TrainingError(f"{objective} teacher {teacher_path}: {e}") from None
+    raise TrainingError(f"unknown objective '{objective}'")
 
 
 def _optimizer(model, spec: dict):
@@ -193,7 +222,7 @@ def train(
     block = spec["block_size"]
     micro, accum = _micro_batch(spec, accelerator.num_processes)
     words_per_token = train_meta["words"] / max(train_meta["tokens"], 1)
-    teacher = make_teacher(guidance, teacher_path, len(tokenizer), device)
+    teacher = make_teacher(guidance, teacher_path, tokenizer, device, train_shard=train_shard)
     config_hash = stable_hash(
         {"run": run, "seed": seed, "train": train_meta, "teacher": teacher_path is not None}
     )
@@ -205,6 +234,8 @@ def train(
     scheduler = _scheduler(optimizer, spec)
 
     metrics = MetricsLog(work / "metrics.jsonl", main)
+    milestone_dir = out / "milestones"
+    pending = cfg.milestone_words(spec["milestones"])
     start_step, tokens_seen = 0, 0
     last = ckpt.latest(ckpt_dir, config_hash) if resume else None
     if last is not None:
@@ -220,8 +251,9 @@ def train(
         metrics.truncate(start_step)
         accelerator.print(f"resumed from {last} at step {start_step}")
     else:
-        if main and ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)  # checkpoints of another config are stale
+        if main:  # checkpoints and milestones of another config are stale
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            shutil.rmtree(milestone_dir, ignore_errors=True)
         metrics.reset()
 
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -258,18 +290,19 @@ def train(
     t_window, tok_window = time.perf_counter(), 0
     val_loss = float("nan")
     for step in range(start_step, spec["steps"]):
-        weight = guidance_weight(step, guidance) if teacher is not None else 0.0
+        weight = guidance_weight(step, guidance, spec["steps"]) if teacher is not None else 0.0
         use_teacher = teacher is not None and weight > 0  # a decayed teacher is not run at all
         offsets = batches.global_offsets(len(train_data), block, spec["batch_size"], seed, step)
         mine = offsets[rank * micro * accum : (rank + 1) * micro * accum]
         step_terms: dict[str, torch.Tensor] = {}
         for m in range(accum):
-            x, y = batches.windows(train_data, mine[m * micro : (m + 1) * micro], block)
+            window_offsets = mine[m * micro : (m + 1) * micro]
+            x, y = batches.windows(train_data, window_offsets, block)
             x, y = x.to(device), y.to(device)
             sync = accelerator.no_sync(model) if m < accum - 1 else nullcontext()
             with sync:
                 logits = model(input_ids=x).logits
-                signal = teacher.signal(x) if use_teacher else None
+                signal = teacher.signal(x, offsets=window_offsets) if use_teacher else None
                 out_terms = losses.compute(
                     guidance["objective"],
                     logits,
@@ -278,6 +311,7 @@ def train(
                     weight,
                     tail_policy=guidance["tail_policy"],
                     z_weight=spec["z_loss"],
+                    **losses.options(guidance),
                 )
                 accelerator.backward(out_terms["loss"] / accum)
             for k, v in out_terms.items():
@@ -319,6 +353,26 @@ def train(
             window, t_window, tok_window = {}, time.perf_counter(), 0
         if done % spec["eval_interval"] == 0 or done == spec["steps"]:
             val_loss = run_eval(done)
+        words_seen = round(tokens_seen * words_per_token)
+        while pending and pending[0] <= words_seen:
+            milestone = pending.pop(0)
+            # milestones are checked against the words seen after each step; resumed runs
+            # skip the ones saved before their checkpoint
+            if main and not (milestone_dir / f"words_{milestone}" / ckpt.STATE).exists():
+                save_milestone(
+                    milestone_dir / f"words_{milestone}",
+                    accelerator.unwrap_model(model),
+                    tokenizer,
+                    {
+                        "step": done,
+                        "tokens": tokens_seen,
+                        "words": words_seen,
+                        "milestone": milestone,
+                        "config_hash": config_hash,
+                        "seed": seed,
+                        "run": name,
+                    },
+                )
         if done % spec["checkpoint_interval"] == 0 or done == spec["steps"]:
             accelerator.wait_for_everyone()
             if main:
@@ -373,6 +427,13 @@ def train(
         write_json(out / "summary.json", summary)
     accelerator.wait_for_everyone()
     return summary
+
+
+def save_milestone(folder: Path, model, tokenizer, state: dict) -> None:
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        write_json(tmp / ckpt.STATE, {**state, "versions": ckpt.versions()})
 
 
 def tokens_per_second(records: list[dict]) -> float:

@@ -4,6 +4,8 @@
 import json
 
 from sdce import config as sdce_config
+from sdce.teachers import distill as sdce_distill
+from sdce.teachers.surrogate import signal_name, signal_spec
 
 RESULTS = f"{config['results_dir']}/{config['experiment']}"
 LOGS = f"{RESULTS}/logs"
@@ -39,11 +41,34 @@ def run_block_size(wildcards):
     return RUNS[wildcards.run]["training"]["block_size"]
 
 
+# LM teachers (teachers.<name>): trained, described and cached by workflow/rules/teachers.smk.
+TEACHERS = {
+    name: sdce_config.validate(spec, "teacher", where=f"teachers.{name}")
+    for name, spec in config["teachers"].items()
+}
+sdce_distill.check_study(config, RUNS)
+# (teacher, signal folder) -> the cache-teacher slice, one cache per distinct signal
+CACHES = {
+    (g["teacher"], signal_name(signal_spec(g))): sdce_distill.cache_spec(
+        g, TEACHERS[g["teacher"]]
+    )
+    for g in (run["guidance"] for run in RUNS.values())
+    if g["objective"] in sdce_distill.LM_OBJECTIVES and g["teacher_source"] == "cache"
+}
+
+
 def teacher_inputs(wildcards):
-    """The teacher artifact a run's objective needs (none for cross-entropy)."""
-    objective = RUNS[wildcards.run]["guidance"]["objective"]
+    """The teacher artifact a run's objective needs (none for cross-entropy and label
+    smoothing): the bigram table, an LM teacher's cache, or its descriptor (online)."""
+    guidance = RUNS[wildcards.run]["guidance"]
+    objective = guidance["objective"]
     if objective == "bigram":
         return {"teacher": f"{RESULTS}/teachers/bigram.npz"}
+    if objective in sdce_distill.LM_OBJECTIVES:
+        folder = f"{RESULTS}/teachers/{guidance['teacher']}"
+        if guidance["teacher_source"] == "online":
+            return {"teacher": f"{folder}/teacher.json"}
+        return {"teacher": f"{folder}/cache/{signal_name(signal_spec(guidance))}"}
     return {}
 
 
@@ -51,5 +76,76 @@ def teacher_arg(wildcards, input):
     return f"--teacher {input.teacher}" if "teacher" in input.keys() else ""
 
 
+def teacher_tokenizer_json(wildcards):
+    return json.dumps(
+        sdce_distill.tokenizer_spec(TEACHERS[wildcards.teacher]), sort_keys=True
+    )
+
+
+def teacher_run_json(wildcards):
+    return json.dumps(
+        sdce_distill.training_run(TEACHERS[wildcards.teacher]), sort_keys=True
+    )
+
+
+def teacher_seed(wildcards):
+    return TEACHERS[wildcards.teacher]["seed"]
+
+
+def teacher_load_json(wildcards):
+    keys = ("dtype", "trust_remote_code", "min_overlap")
+    return json.dumps({k: TEACHERS[wildcards.teacher][k] for k in keys}, sort_keys=True)
+
+
+def teacher_model_inputs(wildcards):
+    """The teacher model the DAG trains (none for a pretrained teacher used as is)."""
+    if sdce_distill.needs_training(TEACHERS[wildcards.teacher]):
+        return {"model": f"{RESULTS}/teachers/{wildcards.teacher}/train/model"}
+    return {}
+
+
+def teacher_model_arg(wildcards, input):
+    if "model" in input.keys():
+        return input.model
+    return TEACHERS[wildcards.teacher]["name_or_path"]
+
+
+def cache_json(wildcards):
+    return json.dumps(CACHES[(wildcards.teacher, wildcards.signal)], sort_keys=True)
+
+
 def all_runs(pattern):
     return expand(pattern, run=list(RUNS), seed=SEEDS)
+
+
+SYNTHETIC_PAIRS = (
+    config["corpus"]["source"] == "synthetic"
+    and config["evaluation"]["synthetic_pairs"] > 0
+)
+
+
+def pairs_json():
+    keys = ("synthetic_pairs", "synthetic_pairs_seed")
+    return json.dumps({k: config["evaluation"][k] for k in keys}, sort_keys=True)
+
+
+def pair_inputs(wildcards):
+    """The generated minimal pairs, when the corpus comes from the embedded grammar."""
+    return {"pairs": f"{RESULTS}/eval/minimal_pairs"} if SYNTHETIC_PAIRS else {}
+
+
+def pair_arg(wildcards, input):
+    return f"--pairs synthetic={input.pairs}" if "pairs" in input.keys() else ""
+
+
+def has_milestones(run):
+    return RUNS[run]["training"]["milestones"] is not None
+
+
+def milestone_evals():
+    return [
+        f"{RESULTS}/eval/{run}/seed{seed}.milestones.json"
+        for run in RUNS
+        if has_milestones(run)
+        for seed in SEEDS
+    ]

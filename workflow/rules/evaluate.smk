@@ -1,5 +1,19 @@
+rule minimal_pairs:
+    output:
+        pairs=directory(f"{RESULTS}/eval/minimal_pairs"),
+    log:
+        f"{LOGS}/minimal_pairs.log",
+    container:
+        image("cpu")
+    params:
+        spec=pairs_json(),
+    shell:
+        "sdce minimal-pairs --params {params.spec:q} --out {output.pairs} > {log} 2>&1"
+
+
 rule evaluate:
     input:
+        unpack(pair_inputs),
         model=f"{RESULTS}/runs/{{run}}/seed{{seed}}/model",
         validation=f"{RESULTS}/shards/validation.bin",
     output:
@@ -12,7 +26,30 @@ rule evaluate:
     params:
         spec=section_json("evaluation"),
         block_size=run_block_size,
+        pairs=pair_arg,
     shell:
         "sdce evaluate --params {params.spec:q} --model {input.model} --val-shard {input.validation}"
         " --block-size {params.block_size} --name {wildcards.run} --seed {wildcards.seed}"
-        " --threads {threads} --out {output.result} > {log} 2>&1"
+        " {params.pairs} --threads {threads} --out {output.result} > {log} 2>&1"
+
+
+rule evaluate_milestones:
+    input:
+        unpack(pair_inputs),
+        summary=f"{RESULTS}/runs/{{run}}/seed{{seed}}/summary.json",
+        validation=f"{RESULTS}/shards/validation.bin",
+    output:
+        result=f"{RESULTS}/eval/{{run}}/seed{{seed}}.milestones.json",
+    log:
+        f"{LOGS}/evaluate/{{run}}_seed{{seed}}_milestones.log",
+    container:
+        image("cpu")
+    threads: 1
+    params:
+        spec=section_json("evaluation"),
+        block_size=run_block_size,
+        pairs=pair_arg,
+    shell:
+        "sdce evaluate --milestones --params {params.spec:q} --model $(dirname {input.summary})"
+        " --val-shard {input.validation} --block-size {params.block_size} --name {wildcards.run}"
+        " --seed {wildcards.seed} {params.pairs} --threads {threads} --out {output.result} > {log} 2>&1"

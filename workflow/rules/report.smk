@@ -3,6 +3,7 @@ rule report:
         summaries=all_runs(f"{RESULTS}/runs/{{run}}/seed{{seed}}/summary.json"),
         metrics=all_runs(f"{RESULTS}/runs/{{run}}/seed{{seed}}/metrics.jsonl"),
         evals=all_runs(f"{RESULTS}/eval/{{run}}/seed{{seed}}.json"),
+        milestones=milestone_evals(),
     output:
         report=directory(f"{RESULTS}/report"),
     log:
@@ -14,4 +15,4 @@ rule report:
         baseline=config["baseline"],
     shell:
         "sdce report --params {params.spec:q} --summaries {input.summaries} --evals {input.evals}"
-        " --baseline {params.baseline} --out {output.report} > {log} 2>&1"
+        " --milestones {input.milestones} --baseline {params.baseline} --out {output.report} > {log} 2>&1"

@@ -1,0 +1,89 @@
+"""Evaluate a trained model (or every milestone of a run) the way the study reports it:
+validation perplexity, minimal pairs (the grammar's own, real BLiMP when configured), and
+the BabyLM zero-shot suite when configured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sdce import checkpoint as ckpt
+from sdce.evaluation.perplexity import evaluate_perplexity
+from sdce.io import read_json
+
+
+def evaluate_model(
+    model_dir: str | Path, val_shard: str, block_size: int, spec: dict, pair_folders: dict[str, str]
+) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sdce.evaluation.minimal_pairs import evaluate_minimal_pairs
+
+    result = evaluate_perplexity(
+        str(model_dir), val_shard, block_size, spec["eval_tokens"], spec["batch_size"]
+    )
+    folders = dict(pair_folders)
+    if spec.get("blimp_path"):
+        folders["blimp"] = spec["blimp_path"]
+    if not folders and not spec.get("babylm_suite_path"):
+        return result
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    pairs = {}
+    for name, folder in sorted(folders.items()):
+        limit = spec["max_pairs_per_paradigm"] if name != "synthetic" else None
+        if not Path(folder).exists():
+            raise FileNotFoundError(f"minimal-pair folder for '{name}' does not exist: {folder}")
+        r = evaluate_minimal_pairs(
+            model, tokenizer, folder, batch_size=spec["batch_size"], max_pairs_per_paradigm=limit
+        )
+        pairs[name] = r
+        result[f"{name}_accuracy"] = r["macro_accuracy"]
+        result[f"{name}_tie_rate"] = r["tie_rate"]
+    result["minimal_pairs"] = pairs
+    if spec.get("babylm_suite_path"):
+        from sdce.evaluation.babylm_suite import run_suite
+
+        suite = run_suite(
+            model,
+            tokenizer,
+            spec["babylm_suite_path"],
+            batch_size=spec["batch_size"],
+            max_items_per_task=spec["max_pairs_per_paradigm"],
+        )
+        result["babylm"] = suite
+        for task, score in suite["leaderboard"].items():
+            result[f"babylm_{task}"] = score
+    return result
+
+
+def evaluate_milestones(
+    run_dir: str | Path, val_shard: str, block_size: int, spec: dict, pair_folders: dict[str, str]
+) -> list[dict]:
+    """One evaluation per milestone checkpoint of a run, in order of words seen."""
+    root = Path(run_dir) / "milestones"
+    found = (
+        sorted(
+            (p for p in root.glob("words_*") if (p / ckpt.STATE).exists()),
+            key=lambda p: int(p.name.split("_")[1]),
+        )
+        if root.exists()
+        else []
+    )
+    out = []
+    for folder in found:
+        state = read_json(folder / ckpt.STATE)
+        r = evaluate_model(folder, val_shard, block_size, spec, pair_folders)
+        r.pop("minimal_pairs", None)
+        r.pop("babylm", None)
+        out.append(
+            {
+                "milestone": state["milestone"],
+                "words": state["words"],
+                "step": state["step"],
+                "tokens": state["tokens"],
+                **r,
+            }
+        )
+    return out
