@@ -70,8 +70,18 @@ def test_full_dag_produces_report(finished_study):
         assert 1.0 < float(r["perplexity"]) < 400
     md = (report / "summary.md").read_text()
     assert "| bigram_linear | bigram | linear | 2 |" in md
-    for png in ("val_loss.png", "val_loss_tail.png", "train_loss.png", "guidance_weight.png"):
+    for png in (
+        "val_loss.png",
+        "val_loss_tail.png",
+        "train_loss.png",
+        "guidance_weight.png",
+        "learning_curves.png",
+    ):
         assert (report / png).stat().st_size > 5000
+    milestones = list(csv.DictReader(open(report / "milestones.csv")))
+    assert {int(m["milestone"]) for m in milestones} == {200, 400}
+    assert all(0.0 <= float(m["synthetic_accuracy"]) <= 1.0 for m in milestones)
+    assert "synthetic_accuracy" in rows[0]
 
 
 def test_nothing_to_do_after_a_run(finished_study):
@@ -84,13 +94,25 @@ def test_changing_one_run_reruns_only_that_run(finished_study, tmp_path):
     changed = variant(
         tmp_path, "one_run", lambda c: c["runs"]["bigram_linear"]["guidance"].update(schedule_steps=3)
     )
-    assert planned_jobs(workdir, changed) == {"train": 2, "evaluate": 2, "report": 1, "all": 1}
+    assert planned_jobs(workdir, changed) == {
+        "train": 2,
+        "evaluate": 2,
+        "evaluate_milestones": 2,
+        "report": 1,
+        "all": 1,
+    }
 
 
 def test_adding_a_seed_runs_only_new_jobs(finished_study, tmp_path):
     workdir, _ = finished_study
     changed = variant(tmp_path, "seed", lambda c: c.update(seeds=[1, 2, 3]))
-    assert planned_jobs(workdir, changed) == {"train": 2, "evaluate": 2, "report": 1, "all": 1}
+    assert planned_jobs(workdir, changed) == {
+        "train": 2,
+        "evaluate": 2,
+        "evaluate_milestones": 2,
+        "report": 1,
+        "all": 1,
+    }
 
 
 def test_changing_the_tokenizer_reruns_everything_downstream(finished_study, tmp_path):
@@ -102,6 +124,7 @@ def test_changing_the_tokenizer_reruns_everything_downstream(finished_study, tmp
         "bigram": 1,
         "train": 4,
         "evaluate": 4,
+        "evaluate_milestones": 4,
         "report": 1,
         "all": 1,
     }

@@ -87,10 +87,10 @@ def validate(config: dict, fragment: str | None = None, where: str = "config") -
         raise ConfigError(f"{_key_path(err, where)}: {err.message}")
     if as_written is not None:
         config["runs"] = keep_run_overrides(as_written)
-    if isinstance(config, dict) and isinstance(config.get("training"), dict):
-        milestone_words(
-            config["training"].get("milestones")
-        )  # increasing: checked here, not expressible in schema
+    # increasing milestones cannot be expressed in JSON Schema: checked here for every slice holding them
+    training = config if (fragment or "").endswith("training") else (config or {}).get("training")
+    if isinstance(training, dict):
+        milestone_words(training.get("milestones"))
     return config
 
 

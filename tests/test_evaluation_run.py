@@ -1,0 +1,88 @@
+"""Evaluation of trained students: milestones, generated minimal pairs, real BLiMP."""
+
+import json
+
+import pytest
+
+from sdce import config as cfg
+from sdce.data.synthetic import generate_minimal_pairs, write_minimal_pairs
+from sdce.evaluation.run import evaluate_milestones, evaluate_model
+from sdce.train import train
+
+EVAL = cfg.validate({"eval_tokens": 1024, "batch_size": 8}, "properties/evaluation")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    spec = cfg.validate(
+        {
+            "model": {"n_layer": 1, "n_embd": 32, "n_head": 2},
+            "training": {
+                "steps": 6,
+                "batch_size": 4,
+                "block_size": 64,
+                "eval_interval": 3,
+                "eval_tokens": 1024,
+                "log_interval": 2,
+                "checkpoint_interval": 3,
+                "warmup_steps": 1,
+                "milestones": [150, 300, 450],
+            },
+            "guidance": {"objective": "ce"},
+        },
+        "run",
+    )
+    train(
+        spec,
+        name="m",
+        train_shard=tiny_data / "train.bin",
+        val_shard=tiny_data / "validation.bin",
+        tokenizer_dir=tiny_data / "tokenizer",
+        out_dir=out,
+        seed=1,
+        progress=False,
+    )
+    pairs = tmp_path_factory.mktemp("pairs")
+    write_minimal_pairs(pairs, generate_minimal_pairs(5, seed=1))
+    return out, pairs
+
+
+def test_milestones_are_kept_and_evaluated_in_order(trained, tiny_data):
+    out, pairs = trained
+    kept = sorted(p.name for p in (out / "milestones").iterdir())
+    assert kept == ["words_150", "words_300", "words_450"]
+    states = [json.loads((out / "milestones" / k / "state.json").read_text()) for k in kept]
+    assert all(s["words"] >= s["milestone"] for s in states)
+    results = evaluate_milestones(out, str(tiny_data / "validation.bin"), 64, EVAL, {"synthetic": str(pairs)})
+    assert [r["milestone"] for r in results] == [150, 300, 450]
+    assert all(0 <= r["synthetic_accuracy"] <= 1 and r["perplexity"] > 1 for r in results)
+
+
+def test_final_model_with_generated_and_real_blimp_pairs(trained, tiny_data, shared_dir, tmp_path):
+    out, pairs = trained
+    blimp = tmp_path / "blimp"
+    blimp.mkdir()
+    for name in ("anaphor_number_agreement", "determiner_noun_agreement_1"):
+        lines = (shared_dir / "data" / "blimp" / f"{name}.jsonl").read_text().splitlines()[:10]
+        (blimp / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    spec = {**EVAL, "blimp_path": str(blimp)}
+    r = evaluate_model(out / "model", str(tiny_data / "validation.bin"), 64, spec, {"synthetic": str(pairs)})
+    assert set(r["minimal_pairs"]) == {"synthetic", "blimp"}
+    assert r["minimal_pairs"]["blimp"]["n_pairs"] == 20
+    assert set(r["minimal_pairs"]["synthetic"]["per_paradigm"]) == set(generate_minimal_pairs(1, 0))
+
+
+def test_milestones_must_increase():
+    with pytest.raises(cfg.ConfigError, match="training.milestones: \\[5, 3\\] is not strictly increasing"):
+        cfg.validate({"milestones": [5, 3]}, "training")
+    assert cfg.milestone_words({"first": 1_000_000, "last": 1_000_000_000})[:3] == [
+        1_000_000,
+        2_000_000,
+        3_000_000,
+    ]
+    assert cfg.milestone_words({"first": 1_000_000, "last": 1_000_000_000})[9:12] == [
+        10_000_000,
+        20_000_000,
+        30_000_000,
+    ]
