@@ -1,6 +1,7 @@
 """The real Snakemake DAG on a tiny config: a full run, then what a change reruns."""
 
 import csv
+import json
 import re
 import shutil
 import subprocess
@@ -149,3 +150,36 @@ def test_lint_and_format_clean():
     files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
     proc = subprocess.run([str(snakefmt), "--check", *map(str, files)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_grid_axes_expand_to_runs_and_group_the_report(tmp_path):
+    config = REPO / "tests" / "configs" / "tiny_grid.yaml"
+    assert planned_jobs(tmp_path, config)["train"] == 6
+    snakemake(tmp_path, config, "--cores", "2")
+    report = tmp_path / "results" / "tiny_grid" / "report"
+    rows = list(csv.DictReader(open(report / "summary.csv")))
+    assert sorted(r["run"] for r in rows) == [
+        "baseline-n_layer1",
+        "baseline-n_layer2",
+        "bigram-n_layer1-schedulelinear",
+        "bigram-n_layer1-schedulereciprocal",
+        "bigram-n_layer2-schedulelinear",
+        "bigram-n_layer2-schedulereciprocal",
+    ]
+    for r in rows:
+        assert r["base"] in ("baseline", "bigram") and r["model.n_layer"] in ("1", "2")
+    summary = json.loads(
+        (
+            tmp_path
+            / "results"
+            / "tiny_grid"
+            / "runs"
+            / "bigram-n_layer2-schedulereciprocal"
+            / "seed1"
+            / "summary.json"
+        ).read_text()
+    )
+    assert summary["parameters"] > 0
+    md = (report / "summary.md").read_text()
+    assert "## By `model.n_layer`" in md and "## By `guidance.schedule`" in md
+    assert (report / "by_model_n_layer.png").exists()

@@ -196,6 +196,7 @@ def cmd_report(args) -> None:
         args.out,
         spec["tail_fraction"],
         milestone_files=args.milestones,
+        grid=json.loads(args.grid) if args.grid else None,
     )
     print(finals.to_string(index=False))
 
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--evals", nargs="+", required=True, help="evaluation JSON files")
     sp.add_argument("--milestones", nargs="*", default=[], help="milestone evaluation JSON files")
     sp.add_argument("--baseline", required=True)
+    sp.add_argument("--grid", help="JSON {run: {base, axes}} of the study's grid expansion")
     sp.add_argument("--out", required=True)
 
     sp = sub.add_parser("config-docs", help="print the configuration reference (config/README.md)")

@@ -122,12 +122,53 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def _set_dotted(spec: dict, dotted: str, value) -> dict:
+    out = copy.deepcopy(spec)
+    node = out
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    return out
+
+
+def _slug(value) -> str:
+    text = str(value).lower() if isinstance(value, bool) or value is None else str(value)
+    return "".join(c if c.isalnum() or c == "_" else "p" if c == "." else "_" for c in text)
+
+
+def expand_runs(config: dict) -> dict[str, dict]:
+    """Every concrete run of the study: runs with a `grid` become one run per combination
+    of its axes, named `<run>-<key><value>...` (key = the last part of the dotted name).
+
+    Returns {name: {"base": run, "axes": {dotted key: value}, "spec": run spec as written}}.
+    """
+    import itertools
+
+    out: dict[str, dict] = {}
+    for name, spec in config["runs"].items():
+        spec = copy.deepcopy(spec or {})
+        grid = spec.pop("grid", None) or {}
+        keys = list(grid)
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            axes = dict(zip(keys, combo, strict=True))
+            concrete = spec
+            for key, value in axes.items():
+                concrete = _set_dotted(concrete, key, value)
+            full = name + "".join(f"-{k.split('.')[-1]}{_slug(v)}" for k, v in axes.items())
+            if full in out:
+                raise ConfigError(f"runs.{name}.grid: expanded run name '{full}' is not unique")
+            out[full] = {"base": name, "axes": axes, "spec": concrete}
+    return out
+
+
 def resolve_run(config: dict, run: str) -> dict:
-    """The complete, validated settings of one run: global model/training with the
-    run's overrides, and its guidance with defaults filled."""
-    if run not in config["runs"]:
-        raise ConfigError(f"runs.{run}: no such run (known: {', '.join(sorted(config['runs']))})")
-    spec = config["runs"][run] or {}
+    """The complete, validated settings of one (concrete) run: global model/training with
+    the run's overrides, and its guidance with defaults filled."""
+    runs = expand_runs(config)
+    if run not in runs:
+        raise ConfigError(f"runs.{run}: no such run (known: {', '.join(sorted(runs))})")
+    spec = runs[run]["spec"]
     resolved = {
         "model": deep_merge(config.get("model", {}), spec.get("model", {})),
         "training": deep_merge(config.get("training", {}), spec.get("training", {})),

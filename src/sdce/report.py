@@ -65,14 +65,38 @@ def steps_to_reach(steps: np.ndarray, losses: np.ndarray, target: float) -> floa
     return float(s0 + (s1 - s0) * (l0 - target) / (l0 - l1)) if l0 != l1 else float(s1)
 
 
+def attach_grid(finals: pd.DataFrame, grid: dict | None) -> pd.DataFrame:
+    """Columns `base` and one per grid axis (dotted key) from the study's grid."""
+    finals = finals.copy()
+    grid = grid or {}
+    finals["base"] = [grid.get(r, {}).get("base", r) for r in finals.run]
+    axes = sorted({k for g in grid.values() for k in g.get("axes", {})})
+    for key in axes:
+        finals[key] = [grid.get(r, {}).get("axes", {}).get(key) for r in finals.run]
+    finals.attrs["axes"] = axes
+    return finals
+
+
+def baseline_rows(finals: pd.DataFrame, row, baseline: str) -> pd.DataFrame:
+    """The baseline runs a row is compared with: the baseline's expansion that agrees with
+    the row on every grid axis the baseline itself varies."""
+    base = finals[finals.base == baseline]
+    for key in finals.attrs.get("axes", []):
+        if base[key].notna().any() and row[key] is not None and not pd.isna(row[key]):
+            base = base[base[key] == row[key]]
+    return base
+
+
 def add_steps_to_baseline(curves: pd.DataFrame, finals: pd.DataFrame, baseline: str) -> pd.DataFrame:
     finals = finals.copy()
-    base = finals[finals.run == baseline].set_index("seed")
-    if base.empty:
+    if "base" not in finals:
+        finals = attach_grid(finals, None)
+    if finals[finals.base == baseline].empty:
         raise ValueError(f"report: baseline run '{baseline}' has no results")
     evals = curves[curves.kind == "eval"]
     reach, saved = [], []
     for _, row in finals.iterrows():
+        base = baseline_rows(finals, row, baseline).set_index("seed")
         target = base.final_val_loss.get(row.seed, base.final_val_loss.mean())
         c = evals[(evals.run == row.run) & (evals.seed == row.seed)].sort_values("step")
         s = steps_to_reach(c.step.to_numpy(), c.val_loss.to_numpy(), target)
@@ -92,6 +116,54 @@ def _mean_std(x: pd.Series, fmt: str = "{:.4f}") -> str:
     if len(x) == 1:
         return fmt.format(x.iloc[0])
     return f"{fmt.format(x.mean())} ± {fmt.format(x.std(ddof=1))}"
+
+
+def axis_tables(finals: pd.DataFrame) -> str:
+    """Per grid axis: final validation loss and steps saved by axis value and base run."""
+    lines = []
+    for key in finals.attrs.get("axes", []):
+        lines += [
+            "",
+            f"## By `{key}`",
+            "",
+            f"| base run | {key} | seeds | final val loss | steps saved |",
+            "|---|---|---|---|---|",
+        ]
+        for (base, value), g in finals[finals[key].notna()].groupby(["base", key], sort=True):
+            lines.append(
+                f"| {base} | {value} | {len(g)} | {_mean_std(g.final_val_loss)} | "
+                f"{_mean_std(g.steps_saved, '{:.0f}')} |"
+            )
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def axis_plots(finals: pd.DataFrame, folder: Path) -> list[str]:
+    """Final validation loss against each numeric grid axis, one line per base run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    for key in finals.attrs.get("axes", []):
+        data = finals[finals[key].notna()]
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        for base, g in data.groupby("base"):
+            stats = g.groupby(key).final_val_loss.agg(["mean", "std"]).fillna(0.0)
+            x = list(range(len(stats))) if stats.index.dtype == object else stats.index
+            ax.errorbar(x, stats["mean"], yerr=stats["std"], label=base, marker="o", capsize=3)
+            if stats.index.dtype == object:
+                ax.set_xticks(x, stats.index)
+        ax.set_xlabel(key)
+        ax.set_ylabel("final validation loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = f"by_{key.replace('.', '_')}.png"
+        fig.savefig(folder / name, dpi=100)
+        plt.close(fig)
+        names.append(name)
+    return names
 
 
 def load_milestones(files: list[str]) -> pd.DataFrame:
@@ -235,9 +307,13 @@ def build_report(
     out_dir: str,
     tail_fraction: float,
     milestone_files: list[str] | None = None,
+    grid: dict | None = None,
 ) -> pd.DataFrame:
     curves, finals = load_runs(summaries, eval_files)
+    finals = attach_grid(finals, grid)
+    axes = finals.attrs["axes"]
     finals = add_steps_to_baseline(curves, finals, baseline)
+    finals.attrs["axes"] = axes
     plots = [
         ("val_loss.png", "eval", "val_loss", "Validation loss (mean ± std across seeds)", None),
         ("val_loss_tail.png", "eval", "val_loss", "Validation loss, tail", tail_fraction),
@@ -253,5 +329,7 @@ def build_report(
         if not milestones.empty:
             milestones.to_csv(tmp / "milestones.csv", index=False, float_format="%.6g")
         finals.to_csv(tmp / "summary.csv", index=False, float_format="%.6g")
-        (tmp / "summary.md").write_text(markdown(finals, baseline, [p[0] for p in plots] + extra))
+        extra += axis_plots(finals, tmp)
+        text = markdown(finals, baseline, [p[0] for p in plots] + extra) + axis_tables(finals)
+        (tmp / "summary.md").write_text(text)
     return finals

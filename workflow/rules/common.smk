@@ -9,12 +9,13 @@ from sdce.teachers.surrogate import signal_name, signal_spec
 
 RESULTS = f"{config['results_dir']}/{config['experiment']}"
 LOGS = f"{RESULTS}/logs"
-RUNS = {name: sdce_config.resolve_run(config, name) for name in config["runs"]}
+GRID = sdce_config.expand_runs(config)
+RUNS = {name: sdce_config.resolve_run(config, name) for name in GRID}
 SEEDS = config["seeds"]
 
-if config["baseline"] not in RUNS:
+if config["baseline"] not in config["runs"]:
     raise ValueError(
-        f"baseline: '{config['baseline']}' is not one of the runs ({', '.join(RUNS)})"
+        f"baseline: '{config['baseline']}' is not one of the runs ({', '.join(config['runs'])})"
     )
 
 
@@ -112,6 +113,12 @@ def teacher_model_arg(wildcards, input):
 
 def cache_json(wildcards):
     return json.dumps(CACHES[(wildcards.teacher, wildcards.signal)], sort_keys=True)
+
+
+def grid_json():
+    """Each concrete run's base run and grid axes, for the report's grouping."""
+    info = {n: {"base": g["base"], "axes": g["axes"]} for n, g in GRID.items()}
+    return json.dumps(info, sort_keys=True)
 
 
 def all_runs(pattern):

@@ -13,6 +13,8 @@ rule report:
     params:
         spec=section_json("report"),
         baseline=config["baseline"],
+        grid=grid_json(),
     shell:
         "sdce report --params {params.spec:q} --summaries {input.summaries} --evals {input.evals}"
-        " --milestones {input.milestones} --baseline {params.baseline} --out {output.report} > {log} 2>&1"
+        " --milestones {input.milestones} --baseline {params.baseline} --grid {params.grid:q}"
+        " --out {output.report} > {log} 2>&1"
