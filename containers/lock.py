@@ -18,8 +18,8 @@ on a glibc no newer than the bases' (bookworm 2.36; Ubuntu 24.04 has 2.39).
 Indexes: PyPI, and for the cpu target the PyTorch CPU index. SDCE_LOCK_FIND_LINKS adds a
 local wheelhouse (a mirror of the PyTorch CPU wheels, for example) to the cpu target.
 SDCE_LOCK_TORCH_INDEX replaces the PyTorch CPU index (empty: none, for
-machines that reach only PyPI and a wheelhouse). The user's pip configuration is ignored so that a local wheel of another variant cannot
-leak into a lock.
+machines that reach only PyPI and a wheelhouse). The user's pip configuration is
+ignored so that a local wheel of another variant cannot leak into a lock.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
 @dataclass
 class Target:
     name: str
@@ -111,8 +113,18 @@ def resolve(target: Target, wheel: Path) -> tuple[list[tuple[str, str]], str]:
     env["PIP_CONFIG_FILE"] = os.devnull
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        cmd = [python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-               "--disable-pip-version-check", "--report", str(report)]
+        cmd = [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--report",
+            str(report),
+        ]
         if target.cpu_index:
             index = os.environ.get("SDCE_LOCK_TORCH_INDEX", TORCH_CPU_INDEX)
             if index:
@@ -152,10 +164,18 @@ def write(target: Target, wheel: Path) -> Path:
         f"# for {note}.",
     ]
     if target.rewrite:
-        header.append("# Rewritten after resolution: " + ", ".join(f"{k}=={v}" for k, v in target.rewrite.items()))
+        header.append(
+            "# Rewritten after resolution: " + ", ".join(f"{k}=={v}" for k, v in target.rewrite.items())
+        )
     if dropped:
         header.append("# Dropped after resolution (dependencies of PyPI's CUDA build of torch only):")
-        header += textwrap.wrap(", ".join(sorted(dropped)), 88, initial_indent="#   ", subsequent_indent="#   ")
+        header += textwrap.wrap(
+            ", ".join(sorted(dropped)),
+            88,
+            initial_indent="#   ",
+            subsequent_indent="#   ",
+            break_on_hyphens=False,
+        )
     path = HERE / f"constraints-{target.name}.txt"
     path.write_text("\n".join(header + out) + "\n")
     return path

@@ -18,9 +18,7 @@ CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 def _clean(value):
     """python-hcl2 keeps string quotes and block markers; strip both."""
     if isinstance(value, dict):
-        return {
-            _clean(k): _clean(v) for k, v in value.items() if k not in ("__is_block__", "__comments__")
-        }
+        return {_clean(k): _clean(v) for k, v in value.items() if k not in ("__is_block__", "__comments__")}
     if isinstance(value, list):
         return [_clean(v) for v in value]
     if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
@@ -31,7 +29,9 @@ def _clean(value):
 @pytest.fixture(scope="module")
 def hcl() -> dict[str, list]:
     """Top-level blocks of every .tf file, merged: {"resource": [...], "variable": [...], ...}."""
-    hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 not installed (pip install -c constraints.txt python-hcl2)")
+    hcl2 = pytest.importorskip(
+        "hcl2", reason="python-hcl2 not installed (pip install -c constraints.txt python-hcl2)"
+    )
     merged: dict[str, list] = {}
     for path in TF_FILES:
         with path.open() as fh:
@@ -129,10 +129,18 @@ def test_service_account_least_privilege(hcl):
     assert "roles/logging.logWriter" in project_roles
     for role in project_roles:
         assert not role.startswith("roles/storage."), "storage rights are granted on the bucket only"
-        assert role not in {"roles/owner", "roles/editor", "roles/viewer"} and "admin" not in role.lower(), role
-    repo_roles = [r["role"] for r in resources(hcl, "google_artifact_registry_repository_iam_member").values()]
+        assert role not in {"roles/owner", "roles/editor", "roles/viewer"} and "admin" not in role.lower(), (
+            role
+        )
+    repo_roles = [
+        r["role"] for r in resources(hcl, "google_artifact_registry_repository_iam_member").values()
+    ]
     assert set(repo_roles) == {"roles/artifactregistry.reader"}
-    for kind in ("google_project_iam_binding", "google_project_iam_policy", "google_storage_bucket_iam_binding"):
+    for kind in (
+        "google_project_iam_binding",
+        "google_project_iam_policy",
+        "google_storage_bucket_iam_binding",
+    ):
         assert not resources(hcl, kind), f"{kind} would overwrite other members"
 
 
@@ -171,7 +179,9 @@ def test_gpu_pool_scales_from_zero_and_is_reachable_by_snakemake_jobs(hcl):
 def test_driver_version_says_it_recreates_the_pool():
     text = (TERRAFORM / "variables.tf").read_text()
     block = text[: text.index('variable "gpu_driver_version"')].rsplit("\n\n", 1)[-1]
-    assert re.search(r"recreat", block, re.I), "a comment beside gpu_driver_version says it recreates the pool"
+    assert re.search(r"recreat", block, re.I), (
+        "a comment beside gpu_driver_version says it recreates the pool"
+    )
 
 
 def test_tpu_capacity(hcl):
@@ -203,10 +213,24 @@ def test_checkov_no_failed_checks(require_slow):
     Offline checkov has no severities (they come from the Prisma Cloud API), so the bar is
     stricter than "no HIGH/CRITICAL": every check passes or is skipped with a reason."""
     if not CHECKOV.exists():
-        pytest.skip("checkov not installed in .venv-checkov (python3 -m venv .venv-checkov && .venv-checkov/bin/pip install checkov)")
+        pytest.skip(
+            "checkov not installed in .venv-checkov "
+            "(python3 -m venv .venv-checkov && .venv-checkov/bin/pip install checkov)"
+        )
     proc = subprocess.run(
-        [str(CHECKOV), "-d", str(TERRAFORM), "--framework", "terraform", "--skip-download", "--compact", "--quiet"],
-        capture_output=True, text=True, timeout=600,
+        [
+            str(CHECKOV),
+            "-d",
+            str(TERRAFORM),
+            "--framework",
+            "terraform",
+            "--skip-download",
+            "--compact",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     out = proc.stdout + proc.stderr
     m = re.search(r"Failed checks: (\d+), Skipped checks: (\d+)", out)

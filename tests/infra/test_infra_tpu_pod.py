@@ -149,7 +149,19 @@ def test_all_errors_reported_at_once(fake_gcloud):
 
 @pytest.mark.parametrize(
     "acc",
-    ["v4-8", "v4-16", "v4-32", "v4-4096", "v3-8", "v3-32", "v2-8", "v5litepod-16", "v5p-8", "v5p-384", "v6e-256"],
+    [
+        "v4-8",
+        "v4-16",
+        "v4-32",
+        "v4-4096",
+        "v3-8",
+        "v3-32",
+        "v2-8",
+        "v5litepod-16",
+        "v5p-8",
+        "v5p-384",
+        "v6e-256",
+    ],
 )
 def test_valid_accelerators_accepted(acc):
     proc = run_script("--dry-run", "create", env={**BASE, "SDCE_ACCELERATOR": acc})
@@ -235,7 +247,7 @@ def test_dry_run_setup_on_demand_internal_ips_and_image():
     prepare, launch = (flags(c)["command"] for c in ssh)
     assert f"sudo docker pull {image}" in prepare
     assert "configure-docker us-central1-docker.pkg.dev" in prepare
-    assert f"--privileged --net=host" in launch and "-e PJRT_DEVICE=TPU" in launch
+    assert "--privileged --net=host" in launch and "-e PJRT_DEVICE=TPU" in launch
     assert f"{image} sdce train --config" in launch
 
 
@@ -289,19 +301,33 @@ def test_dry_run_status_monitor_logs_ssh_stop_cleanup():
     proc = run_script("--dry-run", "monitor", env={**BASE, "SDCE_DRY_RUN_STATE": "SUSPENDED"})
     assert proc.returncode == 1 and "resume" in proc.stderr
 
-    (logs,) = gcloud_calls(commands(run_script("--dry-run", "logs", "3", env=BASE)), "compute", "tpus", "tpu-vm", "ssh")
+    (logs,) = gcloud_calls(
+        commands(run_script("--dry-run", "logs", "3", env=BASE)), "compute", "tpus", "tpu-vm", "ssh"
+    )
     assert flags(logs)["worker"] == "3" and flags(logs)["command"].startswith("tail -n 200 ")
-    (logs,) = gcloud_calls(commands(run_script("--dry-run", "logs", "all", env=BASE)), "compute", "tpus", "tpu-vm", "ssh")
+    (logs,) = gcloud_calls(
+        commands(run_script("--dry-run", "logs", "all", env=BASE)), "compute", "tpus", "tpu-vm", "ssh"
+    )
     assert flags(logs)["worker"] == "all"
 
-    (ssh,) = gcloud_calls(commands(run_script("--dry-run", "ssh", "2", env=BASE)), "compute", "tpus", "tpu-vm", "ssh")
+    (ssh,) = gcloud_calls(
+        commands(run_script("--dry-run", "ssh", "2", env=BASE)), "compute", "tpus", "tpu-vm", "ssh"
+    )
     assert flags(ssh)["worker"] == "2" and "command" not in flags(ssh)
 
-    (stop,) = gcloud_calls(commands(run_script("--dry-run", "stop", env=BASE)), "compute", "tpus", "tpu-vm", "ssh")
+    (stop,) = gcloud_calls(
+        commands(run_script("--dry-run", "stop", env=BASE)), "compute", "tpus", "tpu-vm", "ssh"
+    )
     assert flags(stop)["worker"] == "all" and "train.pid" in flags(stop)["command"]
     assert "/dev/accel" in flags(stop)["command"]
 
-    (delete,) = gcloud_calls(commands(run_script("--dry-run", "cleanup", env=BASE)), "compute", "tpus", "queued-resources", "delete")
+    (delete,) = gcloud_calls(
+        commands(run_script("--dry-run", "cleanup", env=BASE)),
+        "compute",
+        "tpus",
+        "queued-resources",
+        "delete",
+    )
     assert delete[5] == "sdce-tpu" and flags(delete)["force"] is True and flags(delete)["quiet"] is True
 
 
@@ -375,9 +401,7 @@ def _command_path(cmd: list[str]) -> tuple[str, ...]:
 
 
 def _help_flags(gcloud: str, path: tuple[str, ...], env: dict) -> set[str]:
-    proc = subprocess.run(
-        [gcloud, *path, "--help"], capture_output=True, text=True, env=env, timeout=120
-    )
+    proc = subprocess.run([gcloud, *path, "--help"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, f"gcloud {' '.join(path)} --help failed: {proc.stderr[-500:]}"
     found = set()
     for neg, name in re.findall(r"--(\[no-\])?([a-z0-9][a-z0-9-]*)", proc.stdout):
@@ -391,9 +415,16 @@ def test_every_gcloud_flag_exists(find_tool, tmp_path_factory, request):
     gcloud = find_tool("gcloud")
     if not gcloud:
         pytest.skip("gcloud not installed")
-    env = dict(os.environ, TERM="dumb", CLOUDSDK_CONFIG=str(tmp_path_factory.mktemp("gcloud-config")),
-               CLOUDSDK_CORE_DISABLE_USAGE_REPORTING="1", CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK="1")
-    version = subprocess.run([gcloud, "version", "--format=value(core)"], capture_output=True, text=True, env=env).stdout.strip()
+    env = dict(
+        os.environ,
+        TERM="dumb",
+        CLOUDSDK_CONFIG=str(tmp_path_factory.mktemp("gcloud-config")),
+        CLOUDSDK_CORE_DISABLE_USAGE_REPORTING="1",
+        CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK="1",
+    )
+    version = subprocess.run(
+        [gcloud, "version", "--format=value(core)"], capture_output=True, text=True, env=env
+    ).stdout.strip()
     invocations = _all_gcloud_invocations()
     paths = sorted({_command_path(c) for c in invocations})
     # Help texts are cached per gcloud version and command.
@@ -407,7 +438,9 @@ def test_every_gcloud_flag_exists(find_tool, tmp_path_factory, request):
         else:
             missing.append(path)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        for path, found in zip(missing, pool.map(lambda p: _help_flags(gcloud, p, env), missing)):
+        for path, found in zip(
+            missing, pool.map(lambda p: _help_flags(gcloud, p, env), missing), strict=True
+        ):
             helps[path] = found
             if cache:
                 cache.set(f"sdce/gcloud-help/{version}/{'/'.join(path)}", sorted(found))
@@ -444,8 +477,14 @@ class RecordingTpuApi:
                 self.wfile.write(data)
 
             def _record(self, body=None) -> None:
-                api.requests.append({"method": self.command, "path": self.path, "body": body,
-                                     "authorization": self.headers.get("Authorization")})
+                api.requests.append(
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "body": body,
+                        "authorization": self.headers.get("Authorization"),
+                    }
+                )
                 if len(api.requests) >= max_requests:
                     threading.Thread(target=api.stop, daemon=True).start()
 
@@ -453,8 +492,16 @@ class RecordingTpuApi:
                 self._record()
                 qid = self.path.split("?")[0].rsplit("/", 1)[-1]
                 if qid not in api.created:
-                    self._reply(404, {"error": {"code": 404, "status": "NOT_FOUND",
-                                                "message": f"Resource '{qid}' was not found"}})
+                    self._reply(
+                        404,
+                        {
+                            "error": {
+                                "code": 404,
+                                "status": "NOT_FOUND",
+                                "message": f"Resource '{qid}' was not found",
+                            }
+                        },
+                    )
                     return
                 state = api.states.pop(0) if len(api.states) > 1 else api.states[0]
                 self._reply(200, dict(api.created[qid], state={"state": state}))
@@ -552,9 +599,19 @@ def test_queued_resource_create_request_body(gcloud_bin, tmp_path):
 @pytest.mark.slow
 def test_queued_resource_on_demand_has_no_spot(require_slow, gcloud_bin, tmp_path):
     with RecordingTpuApi(["ACTIVE"]) as api:
-        proc = run_script("create", env=_gcloud_env(tmp_path, api, SDCE_SPOT="0", SDCE_ACCELERATOR="v4-8",
-                                                     SDCE_NETWORK="sdce-net", SDCE_SUBNETWORK="sdce-tpu",
-                                                     SDCE_INTERNAL_IPS="1"), timeout=120)
+        proc = run_script(
+            "create",
+            env=_gcloud_env(
+                tmp_path,
+                api,
+                SDCE_SPOT="0",
+                SDCE_ACCELERATOR="v4-8",
+                SDCE_NETWORK="sdce-net",
+                SDCE_SUBNETWORK="sdce-tpu",
+                SDCE_INTERNAL_IPS="1",
+            ),
+            timeout=120,
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (post,) = [r for r in api.requests if r["method"] == "POST"]
     assert "spot" not in post["body"]
