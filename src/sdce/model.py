@@ -46,40 +46,40 @@ def build_model(spec: dict, tokenizer, block_size: int, seed: int):
     from transformers import AutoModelForCausalLM
 
     attn = spec["attn_implementation"]
-    lora = spec.get("lora")
+    adapter = spec["adapter"]
     if spec["from_pretrained"]:
         model = AutoModelForCausalLM.from_pretrained(
-            spec["from_pretrained"], attn_implementation=attn, **_quantization(lora)
+            spec["from_pretrained"], attn_implementation=attn, **_quantization(adapter)
         )
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             raise ValueError(
                 f"model {spec['from_pretrained']} has {model.get_input_embeddings().num_embeddings} "
                 f"embeddings but the tokenizer has {len(tokenizer)} tokens"
             )
-        return apply_lora(model, lora) if lora else model
-    if lora:
-        raise ValueError("model.lora adapts a pretrained model: set model.from_pretrained as well")
+        return model if adapter == "none" else apply_lora(model, spec["lora"], quantized=adapter == "qlora")
+    if adapter != "none":
+        raise ValueError(
+            f"model.adapter={adapter} adapts a pretrained model: set model.from_pretrained as well"
+        )
     positions = max(block_size, spec["n_positions"] or block_size)
     cfg = build_config(spec, len(tokenizer), positions, tokenizer.bos_token_id, tokenizer.eos_token_id)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
 
 
-def _quantization(lora: dict | None) -> dict:
+def _quantization(adapter: str) -> dict:
     """from_pretrained arguments of a QLoRA base (4-bit NF4 weights, bf16 compute)."""
-    if not (lora and lora["load_in_4bit"]):
+    if adapter != "qlora":
         return {}
     if not torch.cuda.is_available():
         raise ValueError(
-            "model.lora.load_in_4bit (QLoRA) needs a CUDA device for bitsandbytes; "
-            "on this machine use LoRA on the full-precision base (load_in_4bit: false, finetune: lora)"
+            "model.adapter=qlora needs a CUDA device for its 4-bit base (bitsandbytes); on this "
+            "machine use LoRA on the full-precision base (adapter: lora; for a teacher, finetune: lora)"
         )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ValueError(
-            "model.lora.load_in_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes"
-        ) from None
+        raise ValueError("model.adapter=qlora needs bitsandbytes: pip install bitsandbytes") from None
     from transformers import BitsAndBytesConfig
 
     quant = BitsAndBytesConfig(
@@ -88,13 +88,13 @@ def _quantization(lora: dict | None) -> dict:
     return {"quantization_config": quant, "device_map": {"": torch.cuda.current_device()}}
 
 
-def apply_lora(model, lora: dict):
+def apply_lora(model, lora: dict, quantized: bool = False):
     """Wrap a pretrained causal LM in LoRA adapters (peft); only the adapters train."""
     try:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     except ImportError:
-        raise ValueError("model.lora needs peft: pip install 'sdce[lora]'") from None
-    if lora["load_in_4bit"]:
+        raise ValueError("model.adapter lora/qlora needs peft: pip install 'sdce[lora]'") from None
+    if quantized:
         model = prepare_model_for_kbit_training(model)
     config = LoraConfig(
         r=lora["r"],

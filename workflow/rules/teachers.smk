@@ -14,3 +14,106 @@ rule bigram:
     shell:
         "sdce bigram --params {params.spec:q} --shard {input.shard}"
         " --out {output.table} --meta {output.meta} > {log} 2>&1"
+
+
+# LM teachers: a surrogate trained from scratch with its own tokenizer, or a pretrained
+# model fine-tuned here, both through `sdce train` (objective ce); then its descriptor
+# (checked against the student tokenizer) and one cache per signal the runs read.
+wildcard_constraints:
+    teacher="|".join(TEACHERS) or "(?!)",
+    signal=r"k\w+_p[0-9.e+-]+_t[0-9.e+-]+",
+
+
+rule teacher_tokenizer:
+    input:
+        train=f"{RESULTS}/data/train.jsonl",
+    output:
+        tokenizer=directory(f"{RESULTS}/teachers/{{teacher}}/tokenizer"),
+    log:
+        f"{LOGS}/teachers/{{teacher}}_tokenizer.log",
+    container:
+        image("cpu")
+    params:
+        spec=teacher_tokenizer_json,
+    shell:
+        "sdce tokenizer --params {params.spec:q} --train {input.train} --out {output.tokenizer} > {log} 2>&1"
+
+
+rule teacher_encode:
+    input:
+        documents=f"{RESULTS}/data/{{split}}.jsonl",
+        tokenizer=f"{RESULTS}/teachers/{{teacher}}/tokenizer",
+    output:
+        shard=f"{RESULTS}/teachers/{{teacher}}/shards/{{split}}.bin",
+        sidecar=f"{RESULTS}/teachers/{{teacher}}/shards/{{split}}.bin.json",
+    log:
+        f"{LOGS}/teachers/{{teacher}}_encode_{{split}}.log",
+    container:
+        image("cpu")
+    shell:
+        "sdce encode --tokenizer {input.tokenizer} --input {input.documents} --out {output.shard} > {log} 2>&1"
+
+
+rule teacher_train:
+    input:
+        train=f"{RESULTS}/teachers/{{teacher}}/shards/train.bin",
+        validation=f"{RESULTS}/teachers/{{teacher}}/shards/validation.bin",
+        tokenizer=f"{RESULTS}/teachers/{{teacher}}/tokenizer",
+    output:
+        model=directory(f"{RESULTS}/teachers/{{teacher}}/train/model"),
+        metrics=f"{RESULTS}/teachers/{{teacher}}/train/metrics.jsonl",
+        summary=f"{RESULTS}/teachers/{{teacher}}/train/summary.json",
+    log:
+        f"{LOGS}/teachers/{{teacher}}_train.log",
+    container:
+        image("cuda")
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        run=teacher_run_json,
+        seed=teacher_seed,
+    shell:
+        "sdce train --params {params.run:q} --name {wildcards.teacher} --seed {params.seed}"
+        " --train-shard {input.train} --val-shard {input.validation} --tokenizer {input.tokenizer}"
+        " --threads {threads} --no-progress --out $(dirname {output.summary}) > {log} 2>&1"
+
+
+rule teacher:
+    input:
+        unpack(teacher_model_inputs),
+        tokenizer=f"{RESULTS}/tokenizer",
+    output:
+        descriptor=f"{RESULTS}/teachers/{{teacher}}/teacher.json",
+    log:
+        f"{LOGS}/teachers/{{teacher}}_describe.log",
+    container:
+        image("cpu")
+    params:
+        spec=teacher_load_json,
+        model=teacher_model_arg,
+    shell:
+        "sdce teacher --params {params.spec:q} --name {wildcards.teacher} --model {params.model}"
+        " --student-tokenizer {input.tokenizer} --out {output.descriptor} > {log} 2>&1"
+
+
+rule cache_teacher:
+    input:
+        teacher=f"{RESULTS}/teachers/{{teacher}}/teacher.json",
+        shard=f"{RESULTS}/shards/train.bin",
+        sidecar=f"{RESULTS}/shards/train.bin.json",
+        tokenizer=f"{RESULTS}/tokenizer",
+    output:
+        cache=directory(f"{RESULTS}/teachers/{{teacher}}/cache/{{signal}}"),
+    log:
+        f"{LOGS}/teachers/{{teacher}}_cache_{{signal}}.log",
+    container:
+        image("cuda")
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        spec=cache_json,
+    shell:
+        "sdce cache-teacher --params {params.spec:q} --teacher {input.teacher} --shard {input.shard}"
+        " --tokenizer {input.tokenizer} --threads {threads} --out {output.cache} > {log} 2>&1"

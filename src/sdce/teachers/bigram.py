@@ -112,6 +112,6 @@ class BigramTeacher:
     def to(self, device) -> BigramTeacher:
         return BigramTeacher(self.ids.to(device), self.probs.to(device), self.rest.to(device))
 
-    def signal(self, input_ids: torch.Tensor) -> GuidanceSignal:
+    def signal(self, input_ids: torch.Tensor, offsets=None) -> GuidanceSignal:
         # position t predicts x_{t+1}; its previous token is the input x_t itself
         return GuidanceSignal(self.ids[input_ids], self.probs[input_ids], self.rest[input_ids])

@@ -483,8 +483,7 @@ def gather_teacher_positions(values: torch.Tensor, teacher_pos: torch.Tensor) ->
     """values (B, M, ...) at teacher positions -> (B, T, ...); masked positions are zeros."""
     b, t = teacher_pos.shape
     idx = teacher_pos.clamp(min=0).to(values.device)
-    idx = idx.view(b, t, *([1] * (values.dim() - 2))).expand(b, t, *values.shape[2:])
-    out = values.gather(1, idx)
+    out = values[torch.arange(b, device=values.device).unsqueeze(1), idx]  # row copies, (B, T, ...)
     keep = (teacher_pos >= 0).to(values.device).view(b, t, *([1] * (values.dim() - 2)))
     return torch.where(keep, out, torch.zeros_like(out))
 

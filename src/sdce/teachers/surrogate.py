@@ -1,0 +1,274 @@
+"""Causal-LM teachers with their own tokenizer: the surrogate and the distillation teacher.
+
+A teacher is any model `AutoModelForCausalLM` loads (a folder, a LoRA adapter folder
+written by `sdce train`, or a name already in the local Hugging Face cache) with its
+tokenizer beside it. `sdce teacher` checks it against the student tokenizer and writes a
+small descriptor (`teacher.json`); training (`teacher_source: online`) and the cache
+(`sdce cache-teacher`) load the teacher from that descriptor.
+
+The signal at student position i (the student predicts token i+1) comes from
+`sdce.teachers.vocab`: the student window is re-tokenised by the teacher tokenizer
+(`TextRealigner`), the teacher runs once over it, and its next-token distribution is
+taken at the teacher position that covers exactly the student's prefix (as
+`gather_teacher_positions` does). Positions
+with no such teacher position are masked (`valid` False) and carry nothing. A teacher
+with the student's own tokenizer skips the realignment.
+
+At temperature T the teacher distribution is q = softmax(z / T) over its vocabulary.
+With `top_k` set, the k most probable teacher tokens are mapped into the student
+vocabulary (`map_teacher_topk`); tokens outside the intersection and those below
+`probability_threshold` are dropped (probability 0, placeholder id 0), and `rest` is
+the intersection mass that is not listed: q(intersection) - sum of listed. With
+`top_k: null` the signal is dense: log q on every intersection id (-inf elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from sdce.io import dir_hash, read_json, stable_hash, write_json
+from sdce.teachers.signal import GuidanceSignal
+from sdce.teachers.vocab import (
+    TextRealigner,
+    align_vocabularies,
+    backend_of,
+    load_tokenizer,
+    map_teacher_topk,
+)
+
+# Probabilities the float16 cache cannot hold (below its smallest subnormal) are dropped
+# online too, so that an online teacher and its cache list exactly the same entries.
+MIN_PROB = 2.0**-24
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TeacherError(ValueError):
+    pass
+
+
+def signal_spec(guidance: dict) -> dict:
+    """What the teacher of a validated surrogate/kl `guidance` must produce."""
+    objective = guidance["objective"]
+    if objective == "surrogate":
+        s = guidance["surrogate"]
+        return {"top_k": s["top_k"], "probability_threshold": s["probability_threshold"], "temperature": 1.0}
+    if objective == "kl":
+        s = guidance["kl"]
+        return {
+            "top_k": s["top_k"],
+            "probability_threshold": s["probability_threshold"],
+            "temperature": s["temperature"],
+        }
+    raise TeacherError(f"objective '{objective}' has no LM teacher")
+
+
+def signal_name(spec: dict) -> str:
+    """A readable folder name for a signal spec (the cache of a teacher is one per spec)."""
+    k = "dense" if spec["top_k"] is None else spec["top_k"]
+    return f"k{k}_p{spec['probability_threshold']:g}_t{spec['temperature']:g}"
+
+
+def _is_local(path: str | Path) -> bool:
+    return Path(path).expanduser().exists()
+
+
+def _adapter_base(path: str | Path) -> str | None:
+    """The base model of a LoRA adapter folder (None for a full model)."""
+    f = Path(path) / "adapter_config.json"
+    return json.loads(f.read_text())["base_model_name_or_path"] if f.is_file() else None
+
+
+def load_lm_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    if _is_local(path) and (Path(path) / "tokenizer.json").is_file():
+        return load_tokenizer(path)
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise TeacherError(f"no tokenizer for teacher {path}: {e}") from None
+
+
+def load_teacher_lm(path: str | Path, *, dtype: str = "float32", trust_remote_code: bool = False):
+    """(model in eval mode without gradients, tokenizer); a LoRA adapter folder is merged
+    into its base model."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
+    base = _adapter_base(path)
+    try:
+        if base is None:
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        else:
+            try:
+                from peft import PeftModel
+            except ImportError:
+                raise TeacherError(
+                    f"{path} is a LoRA adapter; loading it needs peft (pip install 'sdce[lora]')"
+                ) from None
+            model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+            model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    except OSError as e:
+        raise TeacherError(f"cannot load teacher model {path}: {e}") from None
+    model.eval().requires_grad_(False)
+    return model, load_lm_tokenizer(path, trust_remote_code)
+
+
+def _model_vocab_and_positions(path: str | Path, trust_remote_code: bool) -> tuple[int, int | None]:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(_adapter_base(path) or str(path), trust_remote_code=trust_remote_code)
+    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    return int(config.vocab_size), positions
+
+
+def tokenizer_hash(tokenizer) -> str:
+    return stable_hash(backend_of(tokenizer).to_str())
+
+
+def describe_teacher(
+    spec: dict, name: str, model: str, student_tokenizer_dir: str | Path, out: str | Path
+) -> dict:
+    """Check a teacher against the student tokenizer and write its descriptor (`sdce teacher`).
+
+    Refuses a vocabulary overlap below `min_overlap` here, before any training starts."""
+    from sdce.data.tokenizer import load as load_student_tokenizer
+
+    teacher_tok = load_lm_tokenizer(model, spec["trust_remote_code"])
+    vocab, positions = _model_vocab_and_positions(model, spec["trust_remote_code"])
+    student_tok = load_student_tokenizer(student_tokenizer_dir)
+    try:
+        alignment = align_vocabularies(
+            student_tok, teacher_tok, teacher_model_vocab_size=vocab, min_overlap=spec["min_overlap"]
+        )
+    except ValueError as e:
+        raise TeacherError(f"teachers.{name}: {e}") from None
+    identity = dir_hash(model) if _is_local(model) else str(model)
+    descriptor = {
+        "name": name,
+        "model": str(model),
+        "dtype": spec["dtype"],
+        "trust_remote_code": spec["trust_remote_code"],
+        "min_overlap": spec["min_overlap"],
+        "identity": stable_hash({"model": identity, "dtype": spec["dtype"]}),
+        "tokenizer_hash": tokenizer_hash(teacher_tok),
+        "max_positions": positions,
+        "alignment": alignment.summary(),
+    }
+    write_json(out, descriptor)
+    return descriptor
+
+
+class LMTeacher:
+    """Online teacher: one forward pass of the teacher per student micro-batch."""
+
+    def __init__(
+        self,
+        model,
+        teacher_tokenizer,
+        student_tokenizer,
+        *,
+        top_k: int | None,
+        probability_threshold: float,
+        temperature: float,
+        min_overlap: float = 0.0,
+        descriptor: dict | None = None,
+    ):
+        if temperature <= 0:
+            raise TeacherError(f"temperature must be > 0, got {temperature}")
+        self.model = model
+        self.top_k, self.threshold, self.temperature = top_k, probability_threshold, temperature
+        self.descriptor = descriptor or {}
+        out_vocab = model.get_output_embeddings().weight.shape[0]
+        self.alignment = align_vocabularies(
+            student_tokenizer,
+            teacher_tokenizer,
+            teacher_model_vocab_size=max(out_vocab, len(teacher_tokenizer)),
+            min_overlap=min_overlap,
+        )
+        if top_k is not None and top_k > len(teacher_tokenizer):
+            raise TeacherError(
+                f"top_k={top_k} is larger than the teacher's vocabulary ({len(teacher_tokenizer)} tokens)"
+            )
+        t2s = self.alignment.teacher_to_student
+        n = len(student_tokenizer)
+        self.identity = (
+            backend_of(teacher_tokenizer).to_str() == backend_of(student_tokenizer).to_str()
+            and t2s.numel() >= n
+            and bool((t2s[:n] == torch.arange(n)).all())
+        )
+        self.realigner = (
+            None
+            if self.identity
+            else TextRealigner(student_tokenizer, teacher_tokenizer, alignment=self.alignment)
+        )
+        cfg = model.config
+        self.max_positions = getattr(cfg, "n_positions", None) or getattr(
+            cfg, "max_position_embeddings", None
+        )
+        self._mapped_ids = torch.nonzero(self.alignment.teacher_mask).squeeze(-1)
+
+    @classmethod
+    def from_descriptor(cls, path: str | Path, student_tokenizer, spec: dict, device="cpu") -> LMTeacher:
+        d = read_json(path)
+        model, tok = load_teacher_lm(d["model"], dtype=d["dtype"], trust_remote_code=d["trust_remote_code"])
+        teacher = cls(model, tok, student_tokenizer, **spec, min_overlap=d["min_overlap"], descriptor=d)
+        return teacher.to(device)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def to(self, device) -> LMTeacher:
+        self.model.to(device)
+        self.alignment = self.alignment.to(device)
+        self._mapped_ids = self._mapped_ids.to(device)
+        return self
+
+    @torch.no_grad()
+    def signal(self, input_ids: torch.Tensor, offsets=None) -> GuidanceSignal:
+        """The signal for student windows (B, T); `offsets` is unused (the cache needs it)."""
+        device = self.device
+        if self.identity:
+            logits = self.model(input_ids=input_ids.to(device)).logits
+            valid = torch.ones(input_ids.shape, dtype=torch.bool, device=device)
+            return self.signal_from_logits(logits, valid)
+        batch = self.realigner.realign_batch(input_ids.cpu())
+        ids, attn, pos = batch.teacher_ids, batch.teacher_attention_mask, batch.teacher_pos
+        if self.max_positions and ids.size(1) > self.max_positions:
+            # a window the teacher cannot take whole: positions past its context are masked
+            ids, attn = ids[:, : self.max_positions], attn[:, : self.max_positions]
+            pos = torch.where(pos >= self.max_positions, torch.full_like(pos, -1), pos)
+        logits = self.model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
+        pos = pos.to(device)
+        # the teacher row at each student position; masked positions are zeroed by signal_from_logits
+        rows = logits[torch.arange(pos.size(0), device=device).unsqueeze(1), pos.clamp(min=0)]
+        return self.signal_from_logits(rows, pos >= 0)
+
+    def signal_from_logits(self, logits: torch.Tensor, valid: torch.Tensor) -> GuidanceSignal:
+        """Teacher logits (B, T, V_teacher) at the student positions -> the signal."""
+        logq = F.log_softmax(logits.float() / self.temperature, dim=-1)
+        b, t = valid.shape
+        support = self.alignment.student_mask
+        if self.top_k is None:
+            dense = torch.full((b, t, support.numel()), float("-inf"), device=logq.device)
+            dense[..., self.alignment.teacher_to_student[self._mapped_ids]] = logq[..., self._mapped_ids]
+            dense = dense.masked_fill(~valid.unsqueeze(-1), float("-inf"))
+            empty = torch.zeros((b, t, 0), device=logq.device)
+            return GuidanceSignal(
+                empty.long(), empty, torch.zeros(b, t, device=logq.device), dense, valid, support
+            )
+        q = logq.exp()
+        mapped = q @ self.alignment.teacher_mask.to(q.dtype)  # teacher mass on the intersection
+        top_q, top_i = q.topk(self.top_k, dim=-1)
+        ids, kept, _, ok = map_teacher_topk(top_i, top_q, self.alignment, return_valid=True)
+        keep = ok & (kept >= max(self.threshold, MIN_PROB)) & valid.unsqueeze(-1)
+        probs = torch.where(keep, kept, torch.zeros_like(kept))
+        ids = torch.where(keep, ids, torch.zeros_like(ids))
+        rest = torch.where(valid, (mapped - probs.sum(-1)).clamp_min(0.0), torch.zeros_like(mapped))
+        return GuidanceSignal(ids, probs, rest, valid=valid, support=support)
