@@ -15,7 +15,7 @@ from sdce.data.shards import load_shard
 from sdce.data.tokenizer import load
 from sdce.model import build_model
 from sdce.teachers import distill
-from sdce.teachers.cache import CachedTeacher, CacheMismatch, build_cache
+from sdce.teachers.cache import CachedTeacher, CacheMismatch, build_caches
 from sdce.teachers.surrogate import LMTeacher, TeacherError, describe_teacher, load_teacher_lm
 from sdce.train import TrainingError, make_teacher, train
 
@@ -127,19 +127,17 @@ def test_same_tokenizer_teacher_skips_realignment_and_gives_a_dense_signal(tiny_
 
 @pytest.fixture(scope="module")
 def caches(tiny_data, teacher_dir, student_tok, tmp_path_factory):
-    root = tmp_path_factory.mktemp("caches")
-    out = {}
-    for name, spec in (("surrogate", SURROGATE), ("kl", KL)):
-        teacher = LMTeacher.from_descriptor(teacher_dir / "teacher.json", student_tok, spec)
-        info = build_cache(
-            teacher, tiny_data / "train.bin", {**spec, "context": BLOCK, "batch_size": 32}, root / name
-        )
-        out[name] = (teacher, info)
-    return root, out
+    """Both signals from one teacher pass over the training shard."""
+    root = tmp_path_factory.mktemp("caches") / "cache"
+    teacher = LMTeacher.from_descriptor(teacher_dir / "teacher.json", student_tok, SURROGATE)
+    spec = cfg.validate({"signals": [SURROGATE, KL], "context": BLOCK, "batch_size": 32}, "teacher_cache")
+    infos = build_caches(teacher, tiny_data / "train.bin", spec, root)
+    return root, teacher, infos
 
 
-def test_cache_and_online_teacher_give_the_same_loss(tiny_data, caches):
-    root, built = caches
+def test_cache_and_online_teacher_give_the_same_loss(tiny_data, caches, student_tok, teacher_dir):
+    root, _, infos = caches
+    assert sorted(infos) == ["k6_p0.02_t1", "k8_p0_t2"]
     offsets = [0, BLOCK * 7, BLOCK * 40]  # windows at chunk starts: the teacher sees the same context
     x, y = batch(tiny_data, offsets)
     logits = torch.randn(3, BLOCK, 400)
@@ -147,35 +145,36 @@ def test_cache_and_online_teacher_give_the_same_loss(tiny_data, caches):
         ("surrogate", SURROGATE, {"weighting": "probability"}),
         ("kl", KL, {"alpha": 0.5, "temperature": 2.0}),
     ):
-        teacher, info = built[objective]
-        cached = CachedTeacher.load(root / objective, spec, train_shard=tiny_data / "train.bin")
+        teacher = LMTeacher.from_descriptor(teacher_dir / "teacher.json", student_tok, spec)
+        cached = CachedTeacher.load(root, spec, train_shard=tiny_data / "train.bin")
         online = losses.compute(objective, logits, y, teacher.signal(x), 0.8, **opts)
         offline = losses.compute(objective, logits, y, cached.signal(x, offsets=offsets), 0.8, **opts)
         for key in ("loss", "guidance", "teacher_mass", "aligned"):
             assert offline[key].item() == pytest.approx(online[key].item(), rel=2e-3), (objective, key)
-        k = spec["top_k"]
-        assert info["bytes_per_token"] == pytest.approx(k * (2 + 2) + 2 + 1)
-        assert (
-            0.5 < info["aligned_fraction"] < 1.0 and 0 < info["mean_listed_mass"] <= info["mean_mapped_mass"]
-        )
+        info = cached.info
+        assert info["bytes_per_token"] == pytest.approx(spec["top_k"] * (2 + 2) + 2 + 1)
+        assert 0.5 < info["aligned_fraction"] < 1.0
+        assert 0 < info["mean_listed_mass"] <= info["mean_mapped_mass"] <= 1 + 1e-6
 
 
 def test_a_cache_for_another_tokenizer_shard_or_signal_is_refused(tiny_data, caches, tmp_path):
-    root, _ = caches
+    root, _, _ = caches
     shard = tiny_data / "train.bin"
     with pytest.raises(CacheMismatch, match="another training shard"):
-        CachedTeacher.load(root / "surrogate", SURROGATE, train_shard=tiny_data / "validation.bin")
+        CachedTeacher.load(root, SURROGATE, train_shard=tiny_data / "validation.bin")
     other = tmp_path / "train.bin"
     shutil.copy(shard, other)
     meta = json.loads((tiny_data / "train.bin.json").read_text())
     (tmp_path / "train.bin.json").write_text(json.dumps({**meta, "tokenizer_hash": "another"}))
     with pytest.raises(CacheMismatch, match="another student tokenizer"):
-        CachedTeacher.load(root / "surrogate", SURROGATE, train_shard=other)
+        CachedTeacher.load(root, SURROGATE, train_shard=other)
     with pytest.raises(CacheMismatch, match="top_k=6, the run asks for top_k=5"):
-        CachedTeacher.load(root / "surrogate", {**SURROGATE, "top_k": 5}, train_shard=shard)
+        CachedTeacher.load(root / "k6_p0.02_t1", {**SURROGATE, "top_k": 5}, train_shard=shard)
     guidance = cfg.validate({"objective": "surrogate", "surrogate": {"top_k": 5}}, "guidance")
-    with pytest.raises(TrainingError, match="top_k=6"):
-        make_teacher(guidance, str(root / "surrogate"), None, "cpu", train_shard=shard)
+    with pytest.raises(
+        TrainingError, match="holds the signals k6_p0.02_t1, k8_p0_t2; the run asks for k5_p0.02_t1"
+    ):
+        make_teacher(guidance, str(root), None, "cpu", train_shard=shard)
 
 
 def test_bad_teacher_input_fails_before_training(tiny_data, teacher_dir, student_tok, tmp_path):
@@ -257,7 +256,7 @@ def train_on(tiny_data, run, out, tokenizer_dir, teacher_path=None):
 def test_training_logs_teacher_mass_from_cache_or_online_teacher(
     tiny_data, teacher_dir, caches, tmp_path, objective, guidance, source
 ):
-    path = caches[0] / "surrogate" if source == "cache" else teacher_dir / "teacher.json"
+    path = caches[0] if source == "cache" else teacher_dir / "teacher.json"
     train_on(tiny_data, train_spec(objective, **guidance), tmp_path / "r", tiny_data / "tokenizer", str(path))
     records = [json.loads(r) for r in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in records if r["kind"] == "train"]

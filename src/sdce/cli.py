@@ -103,20 +103,19 @@ def cmd_teacher(args) -> None:
 
 def cmd_cache_teacher(args) -> None:
     from sdce.data.tokenizer import load
-    from sdce.teachers.cache import build_cache
+    from sdce.teachers.cache import build_caches
     from sdce.teachers.surrogate import LMTeacher
 
     spec = _params(args, "$defs/teacher_cache", "teacher_cache")
     torch_threads(args.threads)
-    signal = {k: spec[k] for k in ("top_k", "probability_threshold", "temperature")}
-    teacher = LMTeacher.from_descriptor(args.teacher, load(args.tokenizer), signal)
-    info = build_cache(teacher, args.shard, spec, args.out)
-    print(
-        f"cache-teacher: {info['tokens']:,} tokens in {info['seconds']:.1f}s "
-        f"= {info['tokens_per_s']:,.0f} tokens/s, "
-        f"{info['bytes_per_token']:.1f} bytes/token; aligned {info['aligned_fraction']:.1%}, "
-        f"listed mass {info['mean_listed_mass']:.3f}, mapped mass {info['mean_mapped_mass']:.3f}"
-    )
+    teacher = LMTeacher.from_descriptor(args.teacher, load(args.tokenizer), spec["signals"][0])
+    for name, info in build_caches(teacher, args.shard, spec, args.out).items():
+        print(
+            f"cache-teacher {name}: {info['tokens']:,} tokens in {info['seconds']:.1f}s "
+            f"= {info['tokens_per_s']:,.0f} tokens/s ({info['signals_per_pass']} signal(s) per pass), "
+            f"{info['bytes_per_token']:.1f} bytes/token; aligned {info['aligned_fraction']:.1%}, "
+            f"listed mass {info['mean_listed_mass']:.3f}, mapped mass {info['mean_mapped_mass']:.3f}"
+        )
 
 
 def cmd_train(args) -> None:
@@ -277,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--shard", required=True, help="training shard (student tokens)")
     sp.add_argument("--tokenizer", required=True, help="student tokenizer")
     sp.add_argument("--threads", type=int, default=1)
-    sp.add_argument("--out", required=True, help="cache folder")
+    sp.add_argument("--out", required=True, help="cache folder (one subfolder per signal)")
 
     sp = add("evaluate", cmd_evaluate, "validation loss and perplexity of a model")
     sp.add_argument("--model", required=True)

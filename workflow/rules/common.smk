@@ -5,7 +5,6 @@ import json
 
 from sdce import config as sdce_config
 from sdce.teachers import distill as sdce_distill
-from sdce.teachers.surrogate import signal_name, signal_spec
 
 RESULTS = f"{config['results_dir']}/{config['experiment']}"
 LOGS = f"{RESULTS}/logs"
@@ -48,13 +47,11 @@ TEACHERS = {
     for name, spec in config["teachers"].items()
 }
 sdce_distill.check_study(config, RUNS)
-# (teacher, signal folder) -> the cache-teacher slice, one cache per distinct signal
+# teacher -> the cache-teacher slice: every signal its cached runs read, one pass
 CACHES = {
-    (g["teacher"], signal_name(signal_spec(g))): sdce_distill.cache_spec(
-        g, TEACHERS[g["teacher"]]
-    )
-    for g in (run["guidance"] for run in RUNS.values())
-    if g["objective"] in sdce_distill.LM_OBJECTIVES and g["teacher_source"] == "cache"
+    name: spec
+    for name in TEACHERS
+    if (spec := sdce_distill.cache_spec(name, TEACHERS[name], RUNS)) is not None
 }
 
 
@@ -69,7 +66,7 @@ def teacher_inputs(wildcards):
         folder = f"{RESULTS}/teachers/{guidance['teacher']}"
         if guidance["teacher_source"] == "online":
             return {"teacher": f"{folder}/teacher.json"}
-        return {"teacher": f"{folder}/cache/{signal_name(signal_spec(guidance))}"}
+        return {"teacher": f"{folder}/cache"}  # the run's signal is a subfolder
     return {}
 
 
@@ -112,7 +109,7 @@ def teacher_model_arg(wildcards, input):
 
 
 def cache_json(wildcards):
-    return json.dumps(CACHES[(wildcards.teacher, wildcards.signal)], sort_keys=True)
+    return json.dumps(CACHES[wildcards.teacher], sort_keys=True)
 
 
 def grid_json():

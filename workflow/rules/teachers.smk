@@ -18,10 +18,10 @@ rule bigram:
 
 # LM teachers: a surrogate trained from scratch with its own tokenizer, or a pretrained
 # model fine-tuned here, both through `sdce train` (objective ce); then its descriptor
-# (checked against the student tokenizer) and one cache per signal the runs read.
+# (checked against the student tokenizer) and its cache: one pass over the training shard
+# storing every signal the runs read, each in a subfolder.
 wildcard_constraints:
     teacher="|".join(TEACHERS) or "(?!)",
-    signal=r"k\w+_p[0-9.e+-]+_t[0-9.e+-]+",
 
 
 rule teacher_tokenizer:
@@ -104,9 +104,9 @@ rule cache_teacher:
         sidecar=f"{RESULTS}/shards/train.bin.json",
         tokenizer=f"{RESULTS}/tokenizer",
     output:
-        cache=directory(f"{RESULTS}/teachers/{{teacher}}/cache/{{signal}}"),
+        cache=directory(f"{RESULTS}/teachers/{{teacher}}/cache"),
     log:
-        f"{LOGS}/teachers/{{teacher}}_cache_{{signal}}.log",
+        f"{LOGS}/teachers/{{teacher}}_cache.log",
     container:
         image("cuda")
     threads: 1

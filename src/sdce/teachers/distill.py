@@ -46,12 +46,20 @@ def training_run(spec: dict) -> dict:
     return cfg.validate(run, "run")
 
 
-def cache_spec(guidance: dict, teacher: dict) -> dict:
-    """The `teacher_cache` slice of a run reading its LM teacher from the cache."""
-    from sdce.teachers.surrogate import signal_spec
+def cache_spec(name: str, teacher: dict, runs: dict[str, dict]) -> dict | None:
+    """The `teacher_cache` slice of teacher `name`: every signal its cached runs read, built
+    in one pass (None when no run reads it from the cache)."""
+    from sdce.teachers.surrogate import signal_name, signal_spec
 
-    spec = {**signal_spec(guidance), "context": teacher["context"], "batch_size": teacher["batch_size"]}
-    return cfg.validate(spec, "teacher_cache")
+    signals = {
+        signal_name(signal_spec(g)): signal_spec(g)
+        for g in (run["guidance"] for run in runs.values())
+        if g["objective"] in LM_OBJECTIVES and g["teacher"] == name and g["teacher_source"] == "cache"
+    }
+    if not signals:
+        return None
+    spec = {"signals": [signals[k] for k in sorted(signals)], "context": teacher["context"]}
+    return cfg.validate({**spec, "batch_size": teacher["batch_size"]}, "teacher_cache")
 
 
 def check_study(study: dict, runs: dict[str, dict]) -> None:

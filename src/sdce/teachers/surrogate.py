@@ -191,10 +191,8 @@ class LMTeacher:
             teacher_model_vocab_size=max(out_vocab, len(teacher_tokenizer)),
             min_overlap=min_overlap,
         )
-        if top_k is not None and top_k > len(teacher_tokenizer):
-            raise TeacherError(
-                f"top_k={top_k} is larger than the teacher's vocabulary ({len(teacher_tokenizer)} tokens)"
-            )
+        self.vocab_size = len(teacher_tokenizer)
+        self.check_top_k(top_k)
         t2s = self.alignment.teacher_to_student
         n = len(student_tokenizer)
         self.identity = (
@@ -212,6 +210,12 @@ class LMTeacher:
             cfg, "max_position_embeddings", None
         )
         self._mapped_ids = torch.nonzero(self.alignment.teacher_mask).squeeze(-1)
+
+    def check_top_k(self, top_k: int | None) -> None:
+        if top_k is not None and top_k > self.vocab_size:
+            raise TeacherError(
+                f"top_k={top_k} is larger than the teacher's vocabulary ({self.vocab_size} tokens)"
+            )
 
     @classmethod
     def from_descriptor(cls, path: str | Path, student_tokenizer, spec: dict, device="cpu") -> LMTeacher:
@@ -233,11 +237,15 @@ class LMTeacher:
     @torch.no_grad()
     def signal(self, input_ids: torch.Tensor, offsets=None) -> GuidanceSignal:
         """The signal for student windows (B, T); `offsets` is unused (the cache needs it)."""
+        return self.signal_from_logits(*self.rows(input_ids))
+
+    @torch.no_grad()
+    def rows(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(teacher logits (B, T, V_teacher) at the student positions, valid (B, T))."""
         device = self.device
         if self.identity:
             logits = self.model(input_ids=input_ids.to(device)).logits
-            valid = torch.ones(input_ids.shape, dtype=torch.bool, device=device)
-            return self.signal_from_logits(logits, valid)
+            return logits, torch.ones(input_ids.shape, dtype=torch.bool, device=device)
         batch = self.realigner.realign_batch(input_ids.cpu())
         ids, attn, pos = batch.teacher_ids, batch.teacher_attention_mask, batch.teacher_pos
         if self.max_positions and ids.size(1) > self.max_positions:
@@ -246,16 +254,22 @@ class LMTeacher:
             pos = torch.where(pos >= self.max_positions, torch.full_like(pos, -1), pos)
         logits = self.model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
         pos = pos.to(device)
-        # the teacher row at each student position; masked positions are zeroed by signal_from_logits
-        rows = logits[torch.arange(pos.size(0), device=device).unsqueeze(1), pos.clamp(min=0)]
-        return self.signal_from_logits(rows, pos >= 0)
+        # the teacher row at each student position; masked rows are zeroed by signal_from_logits
+        return logits[torch.arange(pos.size(0), device=device).unsqueeze(1), pos.clamp(min=0)], pos >= 0
 
-    def signal_from_logits(self, logits: torch.Tensor, valid: torch.Tensor) -> GuidanceSignal:
-        """Teacher logits (B, T, V_teacher) at the student positions -> the signal."""
-        logq = F.log_softmax(logits.float() / self.temperature, dim=-1)
+    def signal_from_logits(self, logits: torch.Tensor, valid: torch.Tensor, spec: dict | None = None):
+        """Teacher rows (B, T, V_teacher) -> the signal; `spec` (top_k, probability_threshold,
+        temperature) overrides the teacher's own, so one teacher pass serves several signals."""
+        spec = spec or {
+            "top_k": self.top_k,
+            "probability_threshold": self.threshold,
+            "temperature": self.temperature,
+        }
+        top_k = spec["top_k"]
+        logq = F.log_softmax(logits.float() / spec["temperature"], dim=-1)
         b, t = valid.shape
         support = self.alignment.student_mask
-        if self.top_k is None:
+        if top_k is None:
             dense = torch.full((b, t, support.numel()), float("-inf"), device=logq.device)
             dense[..., self.alignment.teacher_to_student[self._mapped_ids]] = logq[..., self._mapped_ids]
             dense = dense.masked_fill(~valid.unsqueeze(-1), float("-inf"))
@@ -265,9 +279,9 @@ class LMTeacher:
             )
         q = logq.exp()
         mapped = q @ self.alignment.teacher_mask.to(q.dtype)  # teacher mass on the intersection
-        top_q, top_i = q.topk(self.top_k, dim=-1)
+        top_q, top_i = q.topk(top_k, dim=-1)
         ids, kept, _, ok = map_teacher_topk(top_i, top_q, self.alignment, return_valid=True)
-        keep = ok & (kept >= max(self.threshold, MIN_PROB)) & valid.unsqueeze(-1)
+        keep = ok & (kept >= max(spec["probability_threshold"], MIN_PROB)) & valid.unsqueeze(-1)
         probs = torch.where(keep, kept, torch.zeros_like(kept))
         ids = torch.where(keep, ids, torch.zeros_like(ids))
         rest = torch.where(valid, (mapped - probs.sum(-1)).clamp_min(0.0), torch.zeros_like(mapped))
