@@ -6,13 +6,14 @@ BIN := $(VENV)/bin
 CORES ?= $(shell nproc)
 PROFILE ?= local
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench xla-env clean
 
 $(BIN)/sdce: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# constraints pin torch to the CPU wheel here; GPU users drop -c or use containers/
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# cloud: GCS client, Snakemake's GCS storage and Kubernetes executor plugins (a few MB)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,cloud]"
 	touch $@
 
 setup: $(BIN)/sdce
@@ -32,6 +33,20 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_ddp.py
+
+# Optional torch-xla environment for the XLA CPU tests (tests/test_xla.py skips without it).
+# torch-xla 2.9.0 needs torch 2.9.0; PyPI's torch 2.9.0 for Linux x86_64 is the CUDA build,
+# which imports only with its nvidia-* wheels: about 3.8 GB to download, 7 GB installed.
+XLA_VENV ?= .venv-xla
+xla-env: $(XLA_VENV)/bin/sdce
+
+$(XLA_VENV)/bin/sdce: pyproject.toml
+	$(PYTHON) -m venv $(XLA_VENV)
+	$(XLA_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(XLA_VENV)/bin/python -m pip install --quiet torch==2.9.0 torch-xla==2.9.0
+	$(XLA_VENV)/bin/python -m pip install --quiet -e . pytest torch==2.9.0
+	touch $@
 
 clean:
 	rm -rf results .snakemake

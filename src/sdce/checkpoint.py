@@ -47,12 +47,24 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(folder: Path, model, tokenizer, optimizer, scheduler, state: dict, scaler=None) -> None:
+def save(
+    folder: Path,
+    model,
+    tokenizer,
+    optimizer_state: dict,
+    scheduler,
+    state: dict,
+    *,
+    model_state: dict | None = None,
+    scaler=None,
+) -> None:
+    """`model` gives the config; `model_state` (CPU tensors, gathered by the backend) the
+    weights, else the model's own. The optimizer state comes gathered too."""
     with atomic_dir(folder) as tmp:
-        model.save_pretrained(str(tmp / "model"))
+        model.save_pretrained(str(tmp / "model"), state_dict=model_state)
         tokenizer.save_pretrained(str(tmp / "model"))
         trainer = {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
         }
@@ -86,3 +98,38 @@ def rotate(root: Path, keep: int) -> None:
 
 def load_trainer_state(folder: Path) -> dict:
     return torch.load(folder / "trainer_state.pt", map_location="cpu", weights_only=False)
+
+
+# Copies in a bucket (sdce.storage.Remote): a checkpoint is pushed after it is written
+# locally and pulled when a run starts on a machine that does not have it.
+REMOTE_CHECKPOINTS = "checkpoints"
+
+
+def push(remote, folder: Path, keep: int) -> None:
+    """Upload a checkpoint (state.json last) and rotate the bucket's copies like the local ones."""
+    remote.upload_dir(folder, f"{REMOTE_CHECKPOINTS}/{folder.name}", last=STATE)
+    names = remote.children(REMOTE_CHECKPOINTS)
+    steps = sorted((n for n in names if n.startswith("step_")), key=lambda n: int(n.split("_")[1]))
+    for old in steps[:-keep]:
+        remote.delete(f"{REMOTE_CHECKPOINTS}/{old}")
+
+
+def pull_latest(remote, root: Path, config_hash: str) -> Path | None:
+    """Download the bucket's newest complete checkpoint of this config into `root` unless
+    a local one is as new; the local folder (or None)."""
+    import json
+
+    local = latest(root, config_hash)
+    local_step = int(local.name.split("_")[1]) if local else -1
+    names = [n for n in remote.children(REMOTE_CHECKPOINTS) if n.startswith("step_")]
+    for name in sorted(names, key=lambda n: int(n.split("_")[1]), reverse=True):
+        step = int(name.split("_")[1])
+        if step <= local_step:
+            break
+        key = f"{REMOTE_CHECKPOINTS}/{name}/{STATE}"
+        if not remote.exists(key) or json.loads(remote.read_text(key)).get("config_hash") != config_hash:
+            continue  # incomplete (no state.json yet) or another config's
+        with atomic_dir(root / name) as tmp:
+            remote.download_dir(f"{REMOTE_CHECKPOINTS}/{name}", tmp)
+        return root / name
+    return local

@@ -128,21 +128,56 @@ def cmd_train(args) -> None:
         run = _params(
             args, "$defs/run", f"runs.{args.name}", base={"model": {}, "training": {}, "guidance": {}}
         )
+    uri = None if args.checkpoint_uri in (None, "", "none") else args.checkpoint_uri
+    if args.launcher == "tpu-pod":
+        from sdce.tpu_pod import submit
+
+        summary = submit(
+            run,
+            name=args.name,
+            seed=args.seed,
+            train_shard=args.train_shard,
+            val_shard=args.val_shard,
+            tokenizer_dir=args.tokenizer,
+            teacher_path=args.teacher,
+            out_dir=args.out,
+            checkpoint_uri=uri,
+        )
+        print(json.dumps(summary, sort_keys=True))
+        return
+    inputs = _local_inputs(args)
     summary = train(
         run,
         name=args.name,
-        train_shard=args.train_shard,
-        val_shard=args.val_shard,
-        tokenizer_dir=args.tokenizer,
+        train_shard=inputs["train_shard"],
+        val_shard=inputs["val_shard"],
+        tokenizer_dir=inputs["tokenizer"],
         out_dir=args.out,
         seed=args.seed,
-        teacher_path=args.teacher,
+        teacher_path=inputs["teacher"],
         threads=args.threads,
         resume=not args.no_resume,
         progress=not args.no_progress,
         stop_after=args.stop_after,
+        processes=args.processes,
+        backend=args.backend,
+        checkpoint_uri=uri,
     )
     print(json.dumps(summary, sort_keys=True))
+
+
+def _local_inputs(args) -> dict:
+    """Inputs given as gs:// (TPU pod workers) are fetched under the run's work/inputs."""
+    from sdce import storage
+
+    cache = f"{args.out}/work/inputs"
+    found = {}
+    for key in ("train_shard", "val_shard", "tokenizer", "teacher"):
+        path = getattr(args, key)
+        found[key] = storage.fetch(path, cache) if path else None
+        if path and key.endswith("_shard") and storage.is_uri(path):
+            storage.fetch(path + ".json", cache)  # the shard's sidecar
+    return found
 
 
 def _named_folders(items: list[str] | None) -> dict[str, str]:
@@ -260,6 +295,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     sp.add_argument("--no-progress", action="store_true")
     sp.add_argument("--stop-after", type=int, help="stop after this step's checkpoint (simulates preemption)")
+    sp.add_argument(
+        "--processes", type=int, default=1, help="training processes here (DDP/FSDP); 0 = one per GPU"
+    )
+    sp.add_argument(
+        "--backend",
+        choices=["auto", "accelerate", "xla"],
+        default="auto",
+        help="accelerate (CPU/CUDA) or xla (TPU); auto = xla where PJRT_DEVICE is set",
+    )
+    sp.add_argument(
+        "--checkpoint-uri", help="gs:// prefix for checkpoints, metrics and outputs ('none': local only)"
+    )
+    sp.add_argument(
+        "--launcher",
+        choices=["local", "tpu-pod"],
+        default="local",
+        help="local: train here; tpu-pod: submit to a TPU VM pod and wait (see sdce.tpu_pod)",
+    )
 
     sp = add(
         "teacher", cmd_teacher, "check an LM teacher against the student tokenizer, write its descriptor"

@@ -1,14 +1,16 @@
 """The training loop: one loop for every objective and backend.
 
 The objective is a name in `sdce.losses.LOSSES`; the teacher (if any) produces
-a `GuidanceSignal`; `accelerate` supplies the device, mixed precision and,
-when launched with several processes, DDP. A run folder holds:
+a `GuidanceSignal`; a backend (`sdce.backends`: accelerate on CPU/CUDA with DDP or
+FSDP, or torch_xla) supplies the device, mixed precision and the process group. A
+run folder holds:
 
     model/          final model + tokenizer (save_pretrained)      [output]
-    milestones/     words_<N>/ models kept at words-seen milestones (never rotated)
+    milestones/     words_<N>/ models kept at words-seen milestones (never rotated) [output]
     metrics.jsonl   train and eval records                         [output]
     summary.json    final numbers, parameter count, versions       [output]
-    work/           live metrics and rotating checkpoints (kept across failures)
+    work/           live metrics, rotating checkpoints and milestones (kept across
+                    failures; copied to checkpoint_uri when one is given)
 """
 
 from __future__ import annotations
@@ -24,18 +26,15 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
+from sdce import backends, losses
 from sdce import checkpoint as ckpt
 from sdce import config as cfg
-from sdce import losses
+from sdce.backends import TrainingError
 from sdce.data import batches
 from sdce.data.shards import load_shard
 from sdce.io import atomic_dir, stable_hash, write_json
 from sdce.model import build_model, count_parameters
 from sdce.schedules import guidance_weight
-
-
-class TrainingError(ValueError):
-    pass
 
 
 def make_teacher(guidance: dict, teacher_path: str | None, tokenizer, device, *, train_shard=None):
@@ -111,17 +110,9 @@ def _scheduler(optimizer, spec: dict):
     )
 
 
-def _accelerator(spec: dict):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    # several runs in one process (tests, notebooks) may differ in precision; the
-    # process group (PartialState) is kept
-    AcceleratorState._reset_state(reset_partial_state=False)
-    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[spec["precision"]]
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise TrainingError("training.precision=fp16 needs a CUDA device; use bf16 or fp32 here")
-    return Accelerator(mixed_precision=precision)
+def run_hash(run: dict, seed: int, train_meta: dict, has_teacher: bool) -> str:
+    """What a checkpoint must match to be resumed: the run's settings, seed and data."""
+    return stable_hash({"run": run, "seed": seed, "train": train_meta, "teacher": has_teacher})
 
 
 def _micro_batch(spec: dict, world: int) -> tuple[int, int]:
@@ -139,24 +130,37 @@ def _micro_batch(spec: dict, world: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def evaluate_loss(model, data, block_size: int, max_tokens: int | None, batch_size: int, accelerator=None):
-    """Mean next-token cross-entropy over consecutive validation windows."""
+def evaluate_loss(model, data, block_size: int, max_tokens: int | None, batch_size: int, backend=None):
+    """Mean next-token cross-entropy over consecutive validation windows.
+
+    With a backend, every process scores its share and the sums are reduced; on a
+    static-shape backend (XLA) the last batch is padded and the padding weighs 0.
+    """
     offsets = batches.validation_blocks(len(data), block_size, max_tokens)
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    device = accelerator.device if accelerator else next(model.parameters()).device
+    rank, world = (backend.rank, backend.world) if backend else (0, 1)
+    device = backend.device if backend else next(model.parameters()).device
+    static = backend is not None and backend.static_shapes
     was_training = model.training
     model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)
+    total = torch.zeros(2, dtype=torch.float32 if static else torch.float64, device=device)
     mine = offsets[rank::world]
     for i in range(0, len(mine), batch_size):
-        x, y = batches.windows(data, mine[i : i + batch_size], block_size)
-        logits = model(input_ids=x.to(device)).logits.float()
+        chunk = mine[i : i + batch_size]
+        real = len(chunk)
+        if static and real < batch_size:  # one graph for every batch
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - real)])
+        x, y = batches.windows(data, chunk, block_size)
+        with backend.autocast() if backend else nullcontext():
+            logits = model(input_ids=x.to(device)).logits.float()
         nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), y.to(device).reshape(-1), reduction="sum"
-        )
-        total += torch.stack([nll.double(), torch.tensor(y.numel(), dtype=torch.float64, device=device)])
-    if accelerator and world > 1:
-        total = accelerator.reduce(total, "sum")
+            logits.reshape(-1, logits.size(-1)), y.to(device).reshape(-1), reduction="none"
+        ).view(len(chunk), -1)
+        keep = (torch.arange(len(chunk)) < real).to(device=device, dtype=total.dtype)
+        total += torch.stack([(nll.sum(1).to(total.dtype) * keep).sum(), keep.sum() * y.size(1)])
+        if backend:
+            backend.mark_step()
+    if backend and world > 1:
+        total = backend.reduce(total, "sum")
     model.train(was_training)
     loss = (total[0] / total[1]).item()
     return loss, int(total[1].item())
@@ -199,71 +203,148 @@ def train(
     resume: bool = True,
     progress: bool = True,
     stop_after: int | None = None,
+    processes: int = 1,
+    backend: str = "auto",
+    checkpoint_uri: str | None = None,
 ) -> dict:
     """Train one run (validated `run` slice: model, training, guidance) with one seed.
 
-    `stop_after` ends the process after that step's checkpoint, as a preemption would.
+    `processes` local processes on `backend` (`sdce.backends`: accelerate on CPU/CUDA,
+    or XLA) run the same loop, `_train_process`, each on its slice of every global
+    batch; `threads` is the job's total. With `checkpoint_uri` (gs://) checkpoints,
+    metrics and the final outputs are copied to the bucket and a run on a machine
+    without local checkpoints resumes from the bucket's newest. Everything that can be
+    refused (backend settings, the batch split, credentials, the bucket) is refused
+    here, before a process starts. `stop_after` ends the run after that step's
+    checkpoint, as a preemption would.
     """
+    from sdce import storage
+
+    spec = run["training"]
+    backend = backends.resolve(backend)
+    processes = backends.resolve_processes(processes, backend)
+    backends.check(spec, run["model"], backend, processes)
+    if backend != "xla":  # XLA's world (devices x hosts) is known inside its processes
+        _micro_batch(spec, processes)
+    storage.open_remote(checkpoint_uri)
+    kwargs = dict(
+        run=run,
+        name=name,
+        train_shard=str(train_shard),
+        val_shard=str(val_shard),
+        tokenizer_dir=str(tokenizer_dir),
+        out_dir=str(out_dir),
+        seed=seed,
+        teacher_path=str(teacher_path) if teacher_path else None,
+        threads=max(1, threads // processes),
+        resume=resume,
+        progress=progress,
+        stop_after=stop_after,
+        backend_name=backend,
+        checkpoint_uri=checkpoint_uri,
+    )
+    result = backends.launch(_train_process, kwargs, backend=backend, processes=processes)
+    if result is None:  # XLA processes report through the run folder
+        summary = Path(out_dir) / "summary.json"
+        done = ckpt.list_checkpoints(Path(out_dir) / "work" / "checkpoints")
+        if stop_after is not None and done and int(done[-1].name.split("_")[1]) < spec["steps"]:
+            return {"stopped_at": int(done[-1].name.split("_")[1])}
+        return json.loads(summary.read_text())
+    return result
+
+
+def _train_process(
+    run: dict,
+    *,
+    name: str,
+    train_shard: str,
+    val_shard: str,
+    tokenizer_dir: str,
+    out_dir: str,
+    seed: int,
+    teacher_path: str | None,
+    threads: int,
+    resume: bool,
+    progress: bool,
+    stop_after: int | None,
+    backend_name: str,
+    checkpoint_uri: str | None,
+) -> dict:
+    """The loop, in one process of `train`."""
+    from sdce import storage
     from sdce.data.tokenizer import load as load_tokenizer
 
     spec, guidance = run["training"], run["guidance"]
     out = Path(out_dir)
     work = out / "work"
     ckpt_dir = work / "checkpoints"
+    milestone_dir = work / "milestones"  # published to out/milestones at the end
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()
-    accelerator = _accelerator(spec)
-    main = accelerator.is_main_process
-    device = accelerator.device
+    bk = backends.create(spec, backend_name)
+    main, device = bk.is_main, bk.device
+    remote = storage.Remote(checkpoint_uri) if checkpoint_uri else None
 
     tokenizer = load_tokenizer(tokenizer_dir)
     train_data, train_meta = load_shard(train_shard)
     val_data, _ = load_shard(val_shard)
     block = spec["block_size"]
-    micro, accum = _micro_batch(spec, accelerator.num_processes)
+    micro, accum = _micro_batch(spec, bk.world)
     words_per_token = train_meta["words"] / max(train_meta["tokens"], 1)
+    # the teacher is loaded and checked on the host, then moved to the device
     teacher = make_teacher(guidance, teacher_path, tokenizer, device, train_shard=train_shard)
-    config_hash = stable_hash(
-        {"run": run, "seed": seed, "train": train_meta, "teacher": teacher_path is not None}
-    )
+    config_hash = run_hash(run, seed, train_meta, teacher_path is not None)
 
     model = build_model(run["model"], tokenizer, block, seed)
     if spec["gradient_checkpointing"]:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = bk.place(model)
     optimizer = _optimizer(model, spec)
     scheduler = _scheduler(optimizer, spec)
 
     metrics = MetricsLog(work / "metrics.jsonl", main)
-    milestone_dir = out / "milestones"
     pending = cfg.milestone_words(spec["milestones"])
     start_step, tokens_seen = 0, 0
+    if resume and remote is not None and bk.is_local_main:
+        # a machine without this run's checkpoints (preempted, rescheduled) takes the
+        # bucket's newest, with the metrics and milestones written up to it
+        pulled = ckpt.pull_latest(remote, ckpt_dir, config_hash)
+        if pulled is not None and remote.exists("metrics.jsonl"):
+            remote.download_file("metrics.jsonl", work / "metrics.jsonl")
+            remote.download_dir("milestones", milestone_dir)
+    bk.barrier("pull")
     last = ckpt.latest(ckpt_dir, config_hash) if resume else None
+    state = None
     if last is not None:
         from transformers import AutoModelForCausalLM
 
         state = ckpt.load_trainer_state(last)
-        model.load_state_dict(AutoModelForCausalLM.from_pretrained(str(last / "model")).state_dict())
-        optimizer.load_state_dict(state["optimizer"])
+        weights = AutoModelForCausalLM.from_pretrained(str(last / "model")).state_dict()
+        model.load_state_dict(weights)
         scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         info = json.loads((last / ckpt.STATE).read_text())
         start_step, tokens_seen = info["step"], info["tokens"]
         metrics.truncate(start_step)
-        accelerator.print(f"resumed from {last} at step {start_step}")
+        bk.print(f"resumed from {last} at step {start_step}")
     else:
         if main:  # checkpoints and milestones of another config are stale
             shutil.rmtree(ckpt_dir, ignore_errors=True)
             shutil.rmtree(milestone_dir, ignore_errors=True)
         metrics.reset()
 
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = bk.prepare(model, optimizer)
+    if state is not None:
+        bk.load_optimizer_state(model, optimizer, state["optimizer"])
+        if "scaler" in state and bk.scaler() is not None:
+            bk.scaler().load_state_dict(state["scaler"])
     model.train()
-    n_params = count_parameters(accelerator.unwrap_model(model))
-    rank, world = accelerator.process_index, accelerator.num_processes
+    n_params = count_parameters(bk.unwrap(model))
+    rank, world = bk.rank, bk.world
     tokens_per_step = spec["batch_size"] * block
 
     def run_eval(step: int) -> float:
-        loss, n = evaluate_loss(model, val_data, block, spec["eval_tokens"], micro, accelerator)
+        loss, n = evaluate_loss(model, val_data, block, spec["eval_tokens"], micro, bk)
         metrics.write(
             {
                 "kind": "eval",
@@ -299,28 +380,30 @@ def train(
             window_offsets = mine[m * micro : (m + 1) * micro]
             x, y = batches.windows(train_data, window_offsets, block)
             x, y = x.to(device), y.to(device)
-            sync = accelerator.no_sync(model) if m < accum - 1 else nullcontext()
+            sync = bk.no_sync(model) if m < accum - 1 else nullcontext()
             with sync:
-                logits = model(input_ids=x).logits
-                signal = teacher.signal(x, offsets=window_offsets) if use_teacher else None
-                out_terms = losses.compute(
-                    guidance["objective"],
-                    logits,
-                    y,
-                    signal,
-                    weight,
-                    tail_policy=guidance["tail_policy"],
-                    z_weight=spec["z_loss"],
-                    **losses.options(guidance),
-                )
-                accelerator.backward(out_terms["loss"] / accum)
+                with bk.autocast():
+                    logits = model(input_ids=x).logits
+                    signal = teacher.signal(x, offsets=window_offsets) if use_teacher else None
+                    out_terms = losses.compute(
+                        guidance["objective"],
+                        logits,
+                        y,
+                        signal,
+                        weight,
+                        tail_policy=guidance["tail_policy"],
+                        z_weight=spec["z_loss"],
+                        **losses.options(guidance),
+                    )
+                bk.backward(out_terms["loss"] / accum)
             for k, v in out_terms.items():
                 step_terms[k] = step_terms.get(k, 0.0) + v.detach() / accum
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), spec["grad_clip"] or float("inf"))
+            bk.mark_step()  # XLA: one graph per micro-batch (forward + backward)
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
+        grad_norm = bk.clip_and_step(model, optimizer, spec["grad_clip"] or float("inf"))
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        bk.mark_step()  # XLA: the optimizer step's graph
         tokens_seen += tokens_per_step
         tok_window += tokens_per_step
         for k, v in step_terms.items():
@@ -333,9 +416,9 @@ def train(
             bar.update(1)
         if done % spec["log_interval"] == 0 or done == spec["steps"]:
             # the only host sync of the training step: averages over the logging window
-            means = {k: torch.stack([t.float() for t in v]).mean() for k, v in window.items()}
+            means = {k: torch.stack([t.float().to(device) for t in v]).mean() for k, v in window.items()}
             if world > 1:
-                means = {k: accelerator.reduce(v.to(device), "mean") for k, v in means.items()}
+                means = {k: bk.reduce(v, "mean") for k, v in means.items()}
             elapsed = time.perf_counter() - t_window
             record = {
                 "kind": "train",
@@ -358,29 +441,32 @@ def train(
             milestone = pending.pop(0)
             # milestones are checked against the words seen after each step; resumed runs
             # skip the ones saved before their checkpoint
-            if main and not (milestone_dir / f"words_{milestone}" / ckpt.STATE).exists():
-                save_milestone(
-                    milestone_dir / f"words_{milestone}",
-                    accelerator.unwrap_model(model),
-                    tokenizer,
-                    {
-                        "step": done,
-                        "tokens": tokens_seen,
-                        "words": words_seen,
-                        "milestone": milestone,
-                        "config_hash": config_hash,
-                        "seed": seed,
-                        "run": name,
-                    },
-                )
+            folder = milestone_dir / f"words_{milestone}"
+            weights = bk.model_state(model)  # every process: FSDP gathers
+            if main and not (folder / ckpt.STATE).exists():
+                state = {
+                    "step": done,
+                    "tokens": tokens_seen,
+                    "words": words_seen,
+                    "milestone": milestone,
+                    "config_hash": config_hash,
+                    "seed": seed,
+                    "run": name,
+                }
+                save_milestone(folder, bk.unwrap(model), tokenizer, state, model_state=weights)
+                if remote is not None:
+                    remote.upload_dir(folder, f"milestones/{folder.name}", last=ckpt.STATE)
         if done % spec["checkpoint_interval"] == 0 or done == spec["steps"]:
-            accelerator.wait_for_everyone()
+            bk.barrier("checkpoint")
+            weights = bk.model_state(model)
+            optimizer_state = bk.optimizer_state(model, optimizer)
             if main:
+                folder = ckpt_dir / f"step_{done:07d}"
                 ckpt.save(
-                    ckpt_dir / f"step_{done:07d}",
-                    accelerator.unwrap_model(model),
+                    folder,
+                    bk.unwrap(model),
                     tokenizer,
-                    optimizer,
+                    optimizer_state,
                     scheduler,
                     {
                         "step": done,
@@ -388,10 +474,16 @@ def train(
                         "words": round(tokens_seen * words_per_token),
                         "config_hash": config_hash,
                         "seed": seed,
+                        "processes": world,
                     },
+                    model_state=weights,
+                    scaler=bk.scaler(),
                 )
                 ckpt.rotate(ckpt_dir, spec["save_total_limit"])
-            accelerator.wait_for_everyone()
+                if remote is not None:  # synchronous: the step waits for the upload
+                    ckpt.push(remote, folder, spec["save_total_limit"])
+                    remote.upload_file(work / "metrics.jsonl", "metrics.jsonl")
+            bk.barrier("checkpoint-saved")
             if stop_after is not None and done >= stop_after and done < spec["steps"]:
                 if bar is not None:
                     bar.close()
@@ -415,23 +507,39 @@ def train(
         "config_hash": config_hash,
         "versions": ckpt.versions(),
         "processes": world,
+        "backend": bk.describe(),
     }
+    weights = bk.model_state(model)
     if main:
-        with atomic_dir(out / "model") as tmp:
-            accelerator.unwrap_model(model).save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-        records = (work / "metrics.jsonl").read_text()
-        from sdce.io import write_text
-
-        write_text(out / "metrics.jsonl", records)
-        write_json(out / "summary.json", summary)
-    accelerator.wait_for_everyone()
+        publish(out, bk.unwrap(model), tokenizer, weights, summary, remote)
+    bk.barrier("done")
     return summary
 
 
-def save_milestone(folder: Path, model, tokenizer, state: dict) -> None:
+def publish(out: Path, model, tokenizer, weights: dict, summary: dict, remote=None) -> None:
+    """The run's outputs: model/, milestones/, metrics.jsonl and summary.json (last), each
+    moved into place whole; with a remote, a copy under final/ (summary.json last)."""
+    from sdce import storage
+    from sdce.io import write_text
+
+    work = out / "work"
+    with atomic_dir(out / "model") as tmp:
+        model.save_pretrained(str(tmp), state_dict=weights)
+        tokenizer.save_pretrained(str(tmp))
+    with atomic_dir(out / "milestones") as tmp:
+        if (work / "milestones").exists():
+            shutil.copytree(work / "milestones", tmp, dirs_exist_ok=True)
+    write_text(out / "metrics.jsonl", (work / "metrics.jsonl").read_text())
+    write_json(out / "summary.json", summary)
+    if remote is not None:
+        remote.upload_dir(out / "model", storage.join(storage.FINAL, "model"))
+        remote.upload_file(out / "metrics.jsonl", storage.join(storage.FINAL, "metrics.jsonl"))
+        remote.upload_file(out / "summary.json", storage.join(storage.FINAL, "summary.json"))
+
+
+def save_milestone(folder: Path, model, tokenizer, state: dict, model_state: dict | None = None) -> None:
     with atomic_dir(folder) as tmp:
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), state_dict=model_state)
         tokenizer.save_pretrained(str(tmp))
         write_json(tmp / ckpt.STATE, {**state, "versions": ckpt.versions()})
 

@@ -16,6 +16,8 @@ rule evaluate:
         unpack(pair_inputs),
         model=f"{RESULTS}/runs/{{run}}/seed{{seed}}/model",
         validation=f"{RESULTS}/shards/validation.bin",
+        # read beside the shard; named so that it travels with it to remote jobs
+        validation_sidecar=f"{RESULTS}/shards/validation.bin.json",
     output:
         result=f"{RESULTS}/eval/{{run}}/seed{{seed}}.json",
     log:
@@ -37,7 +39,10 @@ rule evaluate_milestones:
     input:
         unpack(pair_inputs),
         summary=f"{RESULTS}/runs/{{run}}/seed{{seed}}/summary.json",
+        # read from the run folder (beside summary.json); named for remote jobs
+        milestones=f"{RESULTS}/runs/{{run}}/seed{{seed}}/milestones",
         validation=f"{RESULTS}/shards/validation.bin",
+        validation_sidecar=f"{RESULTS}/shards/validation.bin.json",
     output:
         result=f"{RESULTS}/eval/{{run}}/seed{{seed}}.milestones.json",
     log:
