@@ -15,7 +15,7 @@ CONFIGS = [REPO / "config" / "config.yaml", *sorted((REPO / "tests" / "configs")
 def test_every_shipped_config_validates_and_resolves(path):
     study = cfg.load(path)
     assert study["baseline"] in study["runs"]
-    for name in study["runs"]:
+    for name in cfg.expand_runs(study):
         run = cfg.resolve_run(study, name)
         assert set(run) == {"model", "training", "guidance"}
 
@@ -62,6 +62,14 @@ def test_config_reference_is_generated_from_the_schema():
     assert (REPO / "config" / "README.md").read_text() == cfg.describe(), (
         "run: sdce config-docs > config/README.md"
     )
+
+
+def test_the_package_ships_the_same_schema():
+    """Installed wheels (the container images) read the schema from package data."""
+    from importlib import resources
+
+    shipped = resources.files("sdce").joinpath("schemas/config.schema.yaml").read_text(encoding="utf-8")
+    assert shipped == (REPO / "workflow" / "schemas" / "config.schema.yaml").read_text(encoding="utf-8")
 
 
 def test_python_has_no_defaults_of_its_own():

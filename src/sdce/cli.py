@@ -239,8 +239,9 @@ def cmd_check_config(args) -> None:
     from sdce.teachers.distill import check_study
 
     study = cfg.load(args.config)
-    check_study(study, {name: cfg.resolve_run(study, name) for name in study["runs"]})
-    print(f"{args.config}: valid ({len(study['runs'])} runs x {len(study['seeds'])} seeds)")
+    runs = {name: cfg.resolve_run(study, name) for name in cfg.expand_runs(study)}
+    check_study(study, runs)
+    print(f"{args.config}: valid ({len(runs)} runs x {len(study['seeds'])} seeds)")
 
 
 def cmd_config_docs(args) -> None:
