@@ -171,8 +171,8 @@ def kl_divergence(logits: torch.Tensor, signal: GuidanceSignal, temperature: flo
     support = _pad_vocab(signal.support, vocab, False)
     if support is not None:
         z = z.masked_fill(~support.to(z.device), float("-inf"))
+    logs = F.log_softmax(z, dim=-1)  # student at T, renormalised over the support
     if signal.log_probs is not None:
-        logs = F.log_softmax(z, dim=-1)  # student at T, renormalised over the support
         logq = _pad_vocab(signal.log_probs.to(z.dtype), vocab, float("-inf"))
         logq = logq - torch.logsumexp(logq, -1, keepdim=True).clamp_min(-1e30)  # renormalised on the support
         q = logq.exp()
@@ -184,9 +184,7 @@ def kl_divergence(logits: torch.Tensor, signal: GuidanceSignal, temperature: flo
         total = p.sum(-1) + rest
         q = p / total.clamp_min(1e-30).unsqueeze(-1)
         q_rest = rest / total.clamp_min(1e-30)
-        # only the listed ids need the student's log-probability: no (B, T, V) log-softmax
-        lse = torch.logsumexp(z, dim=-1, keepdim=True)
-        log_s = (z.gather(-1, signal.ids) - lse).masked_fill(~listed, 0.0)
+        log_s = logs.gather(-1, signal.ids).masked_fill(~listed, 0.0)
         s_rest = (1.0 - (log_s.exp() * listed).sum(-1)).clamp_min(1e-12)
         kl = (q * (q.clamp_min(1e-30).log() - log_s)).where(listed, torch.zeros_like(q)).sum(-1)
         kl = kl + torch.xlogy(q_rest, q_rest) - q_rest * s_rest.log()

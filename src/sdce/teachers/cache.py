@@ -161,7 +161,8 @@ class CachedTeacher:
 
     def __init__(self, arrays: dict[str, np.ndarray], info: dict, device="cpu"):
         self.arrays, self.info, self.device = arrays, info, torch.device(device)
-        self.support = torch.from_numpy(np.asarray(arrays["support"])).to(self.device)
+        support = np.asarray(arrays["support"])
+        self.support = None if support.all() else torch.from_numpy(support).to(self.device)
 
     @classmethod
     def load(cls, path: str | Path, spec: dict, *, train_shard: str | Path, device="cpu") -> CachedTeacher:

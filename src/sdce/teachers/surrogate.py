@@ -210,6 +210,9 @@ class LMTeacher:
             cfg, "max_position_embeddings", None
         )
         self._mapped_ids = torch.nonzero(self.alignment.teacher_mask).squeeze(-1)
+        # the student ids the teacher can express; None when that is all of them (no masking)
+        mask = self.alignment.student_mask
+        self.support = None if bool(mask.all()) else mask
 
     def check_top_k(self, top_k: int | None) -> None:
         if top_k is not None and top_k > self.vocab_size:
@@ -232,6 +235,7 @@ class LMTeacher:
         self.model.to(device)
         self.alignment = self.alignment.to(device)
         self._mapped_ids = self._mapped_ids.to(device)
+        self.support = None if self.support is None else self.support.to(device)
         return self
 
     @torch.no_grad()
@@ -268,11 +272,15 @@ class LMTeacher:
         top_k = spec["top_k"]
         logq = F.log_softmax(logits.float() / spec["temperature"], dim=-1)
         b, t = valid.shape
-        support = self.alignment.student_mask
+        support = self.support
         if top_k is None:
-            dense = torch.full((b, t, support.numel()), float("-inf"), device=logq.device)
-            dense[..., self.alignment.teacher_to_student[self._mapped_ids]] = logq[..., self._mapped_ids]
-            dense = dense.masked_fill(~valid.unsqueeze(-1), float("-inf"))
+            vocab = self.alignment.student_vocab_size
+            if self.identity and logq.size(-1) == vocab:
+                dense = logq  # the student's own ids, every position aligned
+            else:
+                dense = torch.full((b, t, vocab), float("-inf"), device=logq.device)
+                dense[..., self.alignment.teacher_to_student[self._mapped_ids]] = logq[..., self._mapped_ids]
+                dense = dense.masked_fill(~valid.unsqueeze(-1), float("-inf"))
             empty = torch.zeros((b, t, 0), device=logq.device)
             return GuidanceSignal(
                 empty.long(), empty, torch.zeros(b, t, device=logq.device), dense, valid, support
