@@ -65,7 +65,12 @@ def teacher_inputs(wildcards):
     if objective in sdce_distill.LM_OBJECTIVES:
         folder = f"{RESULTS}/teachers/{guidance['teacher']}"
         if guidance["teacher_source"] == "online":
-            return {"teacher": f"{folder}/teacher.json"}
+            # the descriptor, and the model it names when the DAG trains it
+            model = teacher_model_inputs(wildcards, guidance["teacher"])
+            return {
+                "teacher": f"{folder}/teacher.json",
+                **{f"teacher_{k}": v for k, v in model.items()},
+            }
         return {"teacher": f"{folder}/cache"}  # the run's signal is a subfolder
     return {}
 
@@ -95,10 +100,11 @@ def teacher_load_json(wildcards):
     return json.dumps({k: TEACHERS[wildcards.teacher][k] for k in keys}, sort_keys=True)
 
 
-def teacher_model_inputs(wildcards):
+def teacher_model_inputs(wildcards, teacher=None):
     """The teacher model the DAG trains (none for a pretrained teacher used as is)."""
-    if sdce_distill.needs_training(TEACHERS[wildcards.teacher]):
-        return {"model": f"{RESULTS}/teachers/{wildcards.teacher}/train/model"}
+    teacher = teacher or wildcards.teacher
+    if sdce_distill.needs_training(TEACHERS[teacher]):
+        return {"model": f"{RESULTS}/teachers/{teacher}/train/model"}
     return {}
 
 

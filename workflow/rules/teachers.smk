@@ -57,7 +57,9 @@ rule teacher_encode:
 rule teacher_train:
     input:
         train=f"{RESULTS}/teachers/{{teacher}}/shards/train.bin",
+        train_sidecar=f"{RESULTS}/teachers/{{teacher}}/shards/train.bin.json",
         validation=f"{RESULTS}/teachers/{{teacher}}/shards/validation.bin",
+        validation_sidecar=f"{RESULTS}/teachers/{{teacher}}/shards/validation.bin.json",
         tokenizer=f"{RESULTS}/teachers/{{teacher}}/tokenizer",
     output:
         model=directory(f"{RESULTS}/teachers/{{teacher}}/train/model"),
