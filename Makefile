@@ -18,8 +18,9 @@ $(BIN)/sdce: pyproject.toml constraints.txt
 
 setup: $(BIN)/sdce
 
+# rules call the `sdce` command line: the environment's bin goes first on PATH
 run: setup
-	$(BIN)/snakemake --profile profiles/$(PROFILE) --cores $(CORES)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --profile profiles/$(PROFILE) --cores $(CORES)
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -2,6 +2,7 @@
 # JSON params (each job sees only the slice it uses, so a change reruns exactly
 # the jobs it affects).
 import json
+from urllib.parse import urlparse
 
 from sdce import config as sdce_config
 from sdce.teachers import distill as sdce_distill
@@ -159,3 +160,68 @@ def milestone_evals():
         if has_milestones(run)
         for seed in SEEDS
     ]
+
+
+# Where a training job runs is a runtime setting: its resources come from the profile
+# (profiles/*/config.yaml, set-resources), never from the config, so switching profiles
+# reruns nothing.
+#   processes  training processes on the job's machine (DDP/FSDP); 0 = one per visible
+#              GPU, which on Kubernetes is exactly the job's gpu resource (profiles/gpu)
+#   launcher   local, or tpu-pod: the job submits to a TPU VM pod and waits on the bucket
+#   checkpoint_uri  where checkpoints are copied (a resource, not a param, for the same
+#              reason: the location of a copy is not a setting of the run)
+
+
+def checkpoint_root():
+    """The config's checkpoint_uri, else the GCS default storage prefix, else none.
+    Unset variables of profiles/gpu and profiles/tpu stop the run here, before any job.
+    """
+    settings = workflow.storage_settings
+    if settings.default_storage_provider == "gcs":
+        prefix = settings.default_storage_prefix or ""
+        if not prefix.startswith("gs://") or "$" in prefix:
+            raise ValueError(
+                f"default storage prefix '{prefix}' is not a gs:// bucket: set SDCE_BUCKET "
+                "(profiles gpu and tpu store in gs://$SDCE_BUCKET/sdce) or --default-storage-prefix"
+            )
+        gcs = (workflow.storage_provider_settings or {}).get("gcs")
+        project = gcs.get_settings().project if gcs is not None else None
+        if not project or "$" in project:
+            raise ValueError(
+                f"GCS storage project '{project}' is not set: set SDCE_PROJECT (profiles gpu "
+                "and tpu pass --storage-gcs-project $SDCE_PROJECT) or --storage-gcs-project"
+            )
+        if not config["checkpoint_uri"]:
+            # the bucket's checkpoints/ prefix: infra/terraform's lifecycle rules cover it
+            return f"gs://{urlparse(prefix).netloc}/checkpoints"
+    return (config["checkpoint_uri"] or "").rstrip("/")
+
+
+CHECKPOINT_ROOT = checkpoint_root()
+
+
+def check_job_image():
+    """A remote executor runs every job in one image (--container-image; profiles/gpu
+    sets it): it must be the config's containers.cuda, so that the config records what
+    ran. Checked when the run starts (the setting is not known while the Snakefile is
+    read), before any job."""
+    from snakemake.common import get_container_image
+
+    image = workflow.remote_execution_settings.container_image
+    if image not in (get_container_image(), config["containers"]["cuda"]):
+        raise ValueError(
+            f"--container-image {image} (profiles/gpu: container-image) is not the config's "
+            f"containers.cuda ({config['containers']['cuda']}): set both to the same image"
+        )
+
+
+onstart:
+    check_job_image()
+
+
+def train_checkpoint_uri(wildcards):
+    if not CHECKPOINT_ROOT:
+        return "none"
+    return (
+        f"{CHECKPOINT_ROOT}/{config['experiment']}/{wildcards.run}/seed{wildcards.seed}"
+    )
