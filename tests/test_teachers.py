@@ -309,3 +309,41 @@ def test_lora_finetune_runs_on_cpu_for_two_steps_and_merges_into_the_teacher(
         qlora = cfg.validate({**run["model"], "adapter": "qlora"}, "model")
         with pytest.raises(ValueError, match="qlora needs a CUDA device"):
             build_model(qlora, student_tok, BLOCK, 0)
+
+
+def test_lora_run_resumes_from_its_adapter_checkpoint(tiny_data, student_tok, tmp_path):
+    pytest.importorskip("peft")
+    base = build_model(cfg.validate({"n_layer": 1, "n_embd": 32, "n_head": 2}, "model"), student_tok, 64, 2)
+    base.save_pretrained(tmp_path / "base")
+    student_tok.save_pretrained(tmp_path / "base")
+    run = cfg.validate(
+        {
+            "model": {"from_pretrained": str(tmp_path / "base"), "adapter": "lora", "lora": {"r": 4}},
+            "training": {
+                "steps": 4,
+                "batch_size": 2,
+                "block_size": BLOCK,
+                "eval_interval": 2,
+                "eval_tokens": 256,
+                "warmup_steps": 0,
+                "checkpoint_interval": 2,
+                "log_interval": 1,
+            },
+            "guidance": {"objective": "ce"},
+        },
+        "run",
+    )
+    full = train_on(tiny_data, run, tmp_path / "full", tmp_path / "base")
+    kw = dict(
+        name="r",
+        train_shard=tiny_data / "train.bin",
+        val_shard=tiny_data / "validation.bin",
+        tokenizer_dir=tmp_path / "base",
+        seed=1,
+        progress=False,
+    )
+    assert train(run, out_dir=tmp_path / "cut", stop_after=2, **kw) == {"stopped_at": 2}
+    resumed = train(run, out_dir=tmp_path / "cut", **kw)
+    # resumes from the adapter weights; unlike full-model runs it is not yet bit-identical to
+    # the uninterrupted run (measured: relative 7e-5 after 4 steps)
+    assert resumed["final_val_loss"] == pytest.approx(full["final_val_loss"], rel=1e-3)

@@ -319,8 +319,13 @@ def _train_process(
         from transformers import AutoModelForCausalLM
 
         state = ckpt.load_trainer_state(last)
-        weights = AutoModelForCausalLM.from_pretrained(str(last / "model")).state_dict()
-        model.load_state_dict(weights)
+        if hasattr(model, "peft_config"):  # a LoRA run checkpoints its adapter weights only
+            from peft import load_peft_weights, set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, load_peft_weights(str(last / "model")))
+        else:
+            weights = AutoModelForCausalLM.from_pretrained(str(last / "model")).state_dict()
+            model.load_state_dict(weights)
         scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         info = json.loads((last / ckpt.STATE).read_text())
