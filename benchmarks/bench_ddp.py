@@ -7,7 +7,8 @@ have together (what the same cores give without DDP).
 
 Throughput is the median over the logging windows after the first (start-up, first
 allocations). The configurations run alternately, `--repeats` times each, so that all
-see the same machine load; the median over repeats is reported.
+see the same machine load; the median over repeats is reported, with the load average
+seen before each measurement (the machine may be shared).
 
 Usage: python benchmarks/bench_ddp.py [--steps 40] [--batch-size 16] [--block-size 128]
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -86,9 +88,11 @@ def main() -> None:
         ("2 processes x 1 thread ", 2, 2),
     ]
     results: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+    loads = []  # the 1-minute load average before each measurement: other work on the machine
     for rep in range(args.repeats):
         for name, procs, threads in configs:
             out = tmp / f"{procs}p{threads}t{rep}"
+            loads.append(os.getloadavg()[0])
             train(
                 run,
                 name="bench",
@@ -109,6 +113,7 @@ def main() -> None:
     one, two = medians[configs[0][0]], medians[configs[2][0]]
     print(f"DDP speedup, 2 processes vs 1: {two / one:.2f}x; scaling efficiency {two / (2 * one):.0%}")
     print(f"2 processes vs 1 process with both threads: {two / medians[configs[1][0]]:.2f}x")
+    print(f"1-minute load average before the measurements: {min(loads):.1f} to {max(loads):.1f}")
 
 
 if __name__ == "__main__":

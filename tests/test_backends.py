@@ -87,3 +87,14 @@ def test_xla_is_refused_without_torch_xla(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_xla", None)  # import fails
     with pytest.raises(TrainingError, match="--backend xla needs torch_xla"):
         backends.check(s["training"], s["model"], "xla", 1)
+
+
+@pytest.mark.slow
+def test_compiled_student_gives_the_eager_curve(one_process, tiny_data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    summary1, out1 = one_process
+    run(tiny_data, tmp_path / "c", run_spec=tiny_run(compile=True))
+    assert_same_curve(loss_curve(tmp_path / "c"), loss_curve(out1))
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "c" / "model").state_dict()
+    assert set(saved) == set(AutoModelForCausalLM.from_pretrained(out1 / "model").state_dict())
