@@ -10,8 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_minimal_pairs import make_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from sdce.evaluation import babylm_suite as suite
 from sdce.evaluation.scoring import continuation_logprobs, sequence_logprobs
@@ -58,22 +59,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    torch.manual_seed(0)
-    config = GPT2Config(
-        n_layer=1,
-        n_embd=32,
-        n_head=2,
-        n_positions=512,
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = GPT2LMHeadModel(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.3)
-    return model.eval()
+    return make_model(tokenizer, seed=0, n_positions=512)
 
 
 class UnigramLM(torch.nn.Module):

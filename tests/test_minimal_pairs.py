@@ -49,13 +49,13 @@ def make_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT)
 
 
-def make_model(tokenizer, seed: int = 0) -> GPT2LMHeadModel:
+def make_model(tokenizer, seed: int = 0, n_positions: int = 256) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(
         n_layer=1,
         n_embd=32,
         n_head=2,
-        n_positions=256,
+        n_positions=n_positions,
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
