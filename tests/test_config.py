@@ -35,6 +35,29 @@ def test_run_overrides_merge_over_top_level():
     assert run["model"]["n_layer"] == 6 and run["guidance"]["objective"] == "ce"
 
 
+def test_folds_and_subsets_name_each_runs_data_partition():
+    study = cfg.validate(
+        {
+            "experiment": "x",
+            "corpus": {"source": "synthetic"},
+            "split": {"folds": 3, "train_subset": 500},
+            "runs": {
+                "base": {},
+                "sub": {"grid": {"split.train_subset": [None, 100]}},
+            },
+        }
+    )
+    assert cfg.folds(study) == ["fold0", "fold1", "fold2"]
+    assert cfg.folds({"split": {}}) == ["main"]
+    assert cfg.data_part(study, "base", "fold1") == "fold1"  # the study's own subset (500)
+    assert cfg.data_part(study, "sub-train_subset100", "fold2") == "fold2-n100"
+    assert cfg.data_part(study, "sub-train_subsetnone", "fold1") == "fold1-nall"  # every document
+    assert cfg.fold_index("fold2-n100") == 2 and cfg.fold_index("main") is None
+    assert cfg.part_split(study, "fold2-n100")["train_subset"] == 100
+    assert cfg.part_split(study, "fold2")["train_subset"] == 500
+    assert cfg.part_split(study, "fold0-nall")["train_subset"] is None
+
+
 @pytest.mark.parametrize(
     "edit,message",
     [
@@ -47,6 +70,11 @@ def test_run_overrides_merge_over_top_level():
         (lambda c: c["corpus"].update(source="web"), "config.corpus.source: 'web' is not one of"),
         (lambda c: c.update(seeds=[]), "config.seeds"),
         (lambda c: c["containers"].update(cpu="ghcr.io/x/y:latest"), "config.containers.cpu"),
+        (lambda c: c["split"].update(folds=1), "config.split.folds: 1 is less than the minimum of 2"),
+        (  # a run may choose its training subset, never its validation set
+            lambda c: c["runs"]["baseline"].update(split={"validation_fraction": 0.2}),
+            "config.runs.baseline.split.validation_fraction is not a known key",
+        ),
     ],
 )
 def test_errors_name_the_key(edit, message):

@@ -99,6 +99,27 @@ def test_split_is_seeded_and_reproducible():
         split_documents(docs[:3], {**SPLIT, "validation_fraction": 0.1})
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_k_folds_partition_the_corpus(shuffle):
+    docs = [{"text": f"{s}{i}", "source": s} for s in ("a", "b") for i in range(23)]
+    spec = {**SPLIT, "shuffle": shuffle, "folds": 5}
+    folds = [split_documents(docs, spec, fold=i) for i in range(5)]
+    vals = [[d["text"] for d in val] for _, val in folds]
+    # the validation sets are disjoint and cover every document once; each fold trains on the rest
+    assert sorted(t for v in vals for t in v) == sorted(d["text"] for d in docs)
+    for (train, val), v in zip(folds, vals, strict=True):
+        assert {d["text"] for d in train} == {d["text"] for d in docs} - set(v)
+        assert len(v) in (8, 9, 10)  # 46 documents in 5 parts (per source when coherent)
+    if not shuffle:  # coherent: the i-th contiguous fifth of every source, order kept
+        assert vals[0] == ["a0", "a1", "a2", "a3", "b0", "b1", "b2", "b3"]
+        assert [d["text"] for d in folds[0][0]][:2] == ["a4", "a5"]
+    assert split_documents(docs, spec, fold=2) == folds[2]  # reproducible
+    with pytest.raises(SplitError, match=r"fold index in 0..4 is needed, got 5"):
+        split_documents(docs, spec, fold=5)
+    with pytest.raises(SplitError, match="split.folds is not set"):
+        split_documents(docs, SPLIT, fold=0)
+
+
 def test_tokenizer_roundtrip_and_too_large_vocab(tmp_path, tiny_data):
     tok = load(tiny_data / "tokenizer")
     assert len(tok) == 400 and tok.eos_token == "<|endoftext|>"

@@ -97,7 +97,7 @@ def test_gpu_profile_plans_gpu_training_and_cpu_data_jobs(clone, gcs_emulator, g
     }
     for j in trains:
         run, seed = j["wildcards"]["run"], j["wildcards"]["seed"]
-        uri = f"gs://{gcs}/checkpoints/{experiment}/{run}/seed{seed}"  # terraform's lifecycle prefix
+        uri = f"gs://{gcs}/checkpoints/{experiment}/{run}/main/seed{seed}"  # terraform's lifecycle prefix
         r = j["resources"]
         assert (r["gpu"], r["gpu_manufacturer"], r["machine_type"], r["scale"]) == (
             "1",
@@ -252,8 +252,8 @@ def test_gpu_profile_through_the_kubernetes_executor(clone, gcs_emulator, gcs, t
     }
     names = bucket_names(gcs, "sdce/")
     assert "sdce/results/cloud/report/summary.csv" in names
-    assert "sdce/results/cloud/runs/baseline/seed1/milestones/words_200/state.json" in names
-    assert "checkpoints/cloud/bigram_linear/seed1/final/summary.json" in bucket_names(gcs, "checkpoints/")
+    assert "sdce/results/cloud/runs/baseline/main/seed1/milestones/words_200/state.json" in names
+    assert "checkpoints/cloud/bigram_linear/main/seed1/final/summary.json" in bucket_names(gcs, "checkpoints/")
 
 
 TPU_STAND_IN = """#!/usr/bin/env bash
@@ -293,9 +293,9 @@ def test_tpu_profile_runs_training_through_the_pod_script(clone, gcs_emulator, g
     assert calls.count("setup") == 2 and calls.count("cleanup") == 2
     names = bucket_names(gcs, "sdce/")
     assert "sdce/results/cloud/report/summary.csv" in names
-    assert "checkpoints/cloud/baseline/seed1/inputs/train/train.bin.json" in bucket_names(gcs, "checkpoints/")
+    assert "checkpoints/cloud/baseline/main/seed1/inputs/train/train.bin.json" in bucket_names(gcs, "checkpoints/")
     from google.cloud import storage
 
-    blob = storage.Client().bucket(gcs).blob("sdce/results/cloud/runs/baseline/seed1/summary.json")
+    blob = storage.Client().bucket(gcs).blob("sdce/results/cloud/runs/baseline/main/seed1/summary.json")
     summary = json.loads(blob.download_as_text())
     assert summary["steps"] == 4 and summary["backend"]["backend"] == "accelerate"

@@ -178,6 +178,7 @@ def test_grid_axes_expand_to_runs_and_group_the_report(tmp_path):
             / "tiny_grid"
             / "runs"
             / "bigram-n_layer2-schedulereciprocal"
+            / "main"
             / "seed1"
             / "summary.json"
         ).read_text()
@@ -186,3 +187,65 @@ def test_grid_axes_expand_to_runs_and_group_the_report(tmp_path):
     md = (report / "summary.md").read_text()
     assert "## By `model.n_layer`" in md and "## By `guidance.schedule`" in md
     assert (report / "by_model_n_layer.png").exists()
+
+
+def test_k_folds_and_subset_sizes_are_data_partitions(tmp_path):
+    config = REPO / "tests" / "configs" / "tiny_folds.yaml"
+    # 3 folds + 3 subset partitions; a tokenizer per fold; bigram teachers per partition
+    assert planned_jobs(tmp_path, config) == {
+        "corpus": 1,
+        "split": 6,
+        "tokenizer": 3,
+        "encode": 12,
+        "bigram": 6,
+        "train": 12,
+        "evaluate": 12,
+        "report": 1,
+        "all": 1,
+    }
+    snakemake(tmp_path, config, "--cores", "2")
+    results = tmp_path / "results" / "tiny_folds"
+
+    def texts(part, split):
+        lines = (results / part / "data" / f"{split}.jsonl").read_text().splitlines()
+        return [json.loads(line)["text"] for line in lines]
+
+    corpus = [
+        json.loads(line)["text"] for line in (results / "data" / "corpus.jsonl").read_text().splitlines()
+    ]
+    folds = [f"fold{i}" for i in range(3)]
+    held_out = [texts(f, "validation") for f in folds]
+    assert sorted(t for v in held_out for t in v) == sorted(corpus)  # the folds partition the corpus
+    for fold, val in zip(folds, held_out, strict=True):
+        train, subset = texts(fold, "train"), texts(f"{fold}-n60", "train")
+        assert sorted(train + val) == sorted(corpus)
+        assert subset == train[:60] and texts(f"{fold}-n60", "validation") == val
+        # the subset's teacher counted only its own 60 documents, in the fold's vocabulary
+        full = json.loads((results / fold / "teachers" / "bigram.json").read_text())
+        small = json.loads((results / f"{fold}-n60" / "teachers" / "bigram.json").read_text())
+        assert small["tokens"] < full["tokens"]
+    # the subset partitions use their fold's tokenizer; each fold has its own
+    hashes = {
+        part: json.loads((results / part / "shards" / "train.bin.json").read_text())["tokenizer_hash"]
+        for part in folds + [f"{f}-n60" for f in folds]
+    }
+    assert len(set(hashes.values())) == 3 and all(hashes[f"{f}-n60"] == hashes[f] for f in folds)
+    rows = list(csv.DictReader(open(results / "report" / "summary.csv")))
+    assert sorted((r["run"], r["fold"]) for r in rows) == sorted(
+        (run, fold)
+        for run in (
+            "baseline-train_subsetnone",
+            "baseline-train_subset60",
+            "bigram-train_subsetnone",
+            "bigram-train_subset60",
+        )
+        for fold in folds
+    )
+    for r in rows:  # each guided run is measured against the baseline of its own fold and subset
+        if r["base"] == "bigram" and r["steps_to_baseline"]:
+            assert float(r["steps_to_baseline"]) > 0
+    md = (results / "report" / "summary.md").read_text()
+    assert "3 folds × 1 seeds" in md and "## By fold: final validation loss" in md
+    assert "## By `split.train_subset`" in md
+    assert (results / "report" / "val_loss_by_fold.png").stat().st_size > 5000
+    assert planned_jobs(tmp_path, config) == {}

@@ -44,7 +44,7 @@ def cmd_split(args) -> None:
     from sdce.data.split import split_documents
 
     docs = read_documents(args.corpus)
-    train, val = split_documents(docs, _params(args, "properties/split", "split"))
+    train, val = split_documents(docs, _params(args, "properties/split", "split"), fold=args.fold)
     write_documents(args.train, train)
     write_documents(args.validation, val)
     print(f"split: {len(train)} train / {len(val)} validation documents")
@@ -142,6 +142,7 @@ def cmd_train(args) -> None:
             teacher_path=args.teacher,
             out_dir=args.out,
             checkpoint_uri=uri,
+            fold=args.fold,
         )
         print(json.dumps(summary, sort_keys=True))
         return
@@ -154,6 +155,7 @@ def cmd_train(args) -> None:
         tokenizer_dir=inputs["tokenizer"],
         out_dir=args.out,
         seed=args.seed,
+        fold=args.fold,
         teacher_path=inputs["teacher"],
         threads=args.threads,
         resume=not args.no_resume,
@@ -199,11 +201,11 @@ def cmd_evaluate(args) -> None:
     folders = _named_folders(args.pairs)
     if args.milestones:
         found = evaluate_milestones(args.model, args.val_shard, args.block_size, spec, folders)
-        result = {"run": args.name, "seed": args.seed, "milestones": found}
+        result = {"run": args.name, "fold": args.fold, "seed": args.seed, "milestones": found}
         print(f"evaluate: {len(found)} milestone(s) of {args.model}")
     else:
         result = evaluate_model(args.model, args.val_shard, args.block_size, spec, folders)
-        result.update({"run": args.name, "seed": args.seed})
+        result.update({"run": args.name, "fold": args.fold, "seed": args.seed})
         print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, sort_keys=True))
     write_json(args.out, result)
 
@@ -264,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("split", cmd_split, "seeded train/validation split")
     sp.add_argument("--corpus", required=True)
+    sp.add_argument("--fold", type=int, help="with split.folds: the held-out fold (0-based)")
     sp.add_argument("--train", required=True)
     sp.add_argument("--validation", required=True)
 
@@ -285,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", help="a study config (standalone use; else --params)")
     sp.add_argument("--name", required=True, help="run name")
     sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument("--fold", default="main", help="the data partition: main or fold<i> (report label)")
     sp.add_argument("--train-shard", required=True)
     sp.add_argument("--val-shard", required=True)
     sp.add_argument("--tokenizer", required=True)
@@ -342,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--milestones", action="store_true", help="--model is a run folder: evaluate its milestones"
     )
     sp.add_argument("--name", required=True)
+    sp.add_argument("--fold", default="main", help="the data partition (report label)")
     sp.add_argument("--seed", type=int, required=True)
     sp.add_argument("--out", required=True)
 

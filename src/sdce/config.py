@@ -177,6 +177,41 @@ def resolve_run(config: dict, run: str) -> dict:
     return validate(resolved, "run", where=f"runs.{run}")
 
 
+MAIN_PART = "main"
+
+
+def folds(config: dict) -> list[str]:
+    """The study's replicate data partitions: `fold0`..`fold<k-1>` under split.folds, else `main`."""
+    k = config.get("split", {}).get("folds")
+    return [f"fold{i}" for i in range(k)] if k else [MAIN_PART]
+
+
+def data_part(config: dict, run: str, fold: str) -> str:
+    """The data partition a (concrete) run trains on in `fold`: the fold itself, or
+    `<fold>-n<N>` (`<fold>-nall` for null: every training document) when the run sets a
+    training subset of its own (runs.<name>.split) other than the study's."""
+    spec = expand_runs(config)[run]["spec"].get("split") or {}
+    if "train_subset" not in spec or spec["train_subset"] == config["split"].get("train_subset"):
+        return fold
+    n = spec["train_subset"]
+    return f"{fold}-n{'all' if n is None else n}"
+
+
+def fold_index(part: str) -> int | None:
+    """The fold a partition belongs to: its index, or None for `main`."""
+    fold = part.split("-n")[0]
+    return None if fold == MAIN_PART else int(fold.removeprefix("fold"))
+
+
+def part_split(config: dict, part: str) -> dict:
+    """The split slice that makes `part` (what its split job gets as params)."""
+    spec = copy.deepcopy(config.get("split", {}))
+    _, _, n = part.partition("-n")
+    if n:
+        spec["train_subset"] = None if n == "all" else int(n)
+    return spec
+
+
 def section(config: dict, name: str) -> dict:
     """Validated top-level section `name` (what a rule passes as its params)."""
     return validate(config.get(name, {}), f"properties/{name}", where=name)

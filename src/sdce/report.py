@@ -1,12 +1,13 @@
 """The study report: how many steps guidance saves, and whether that is stable.
 
-Inputs are self-describing runs (`summary.json` names run and seed; the
-`metrics.jsonl` beside it holds the curves) and evaluation JSONs. Outputs:
+Inputs are self-describing runs (`summary.json` names run, fold and seed; the
+`metrics.jsonl` beside it holds the curves) and evaluation JSONs. A replicate is a
+(fold, seed) pair: fold `main` without k-fold splits. Outputs:
 
-    summary.csv   one row per run and seed
-    summary.md    per-run mean +- std across seeds, steps saved, plot index
+    summary.csv   one row per run and replicate
+    summary.md    per-run mean +- std across replicates, steps saved, plot index
     *.png         validation / training loss against steps (mean +- std bands),
-                  their tails, and the guidance weight
+                  their tails, and the guidance weight; per-fold curves with k folds
 """
 
 from __future__ import annotations
@@ -18,38 +19,50 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sdce.config import MAIN_PART
 from sdce.io import atomic_dir, read_json
 
 
+def _replicate(record: dict) -> tuple[str, str, int]:
+    return record["run"], record.get("fold") or MAIN_PART, record["seed"]
+
+
 def load_runs(summaries: list[str], eval_files: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(curves, finals): every metrics record with run/seed, and one row per run and seed."""
+    """(curves, finals): every metrics record with run/fold/seed, and one row per run and
+    replicate (fold, seed)."""
     curves, finals = [], []
     evals = {}
     for f in eval_files:
         e = read_json(f)
-        evals[(e["run"], e["seed"])] = e
+        evals[_replicate(e)] = e
     for f in summaries:
         s = read_json(f)
+        run, fold, seed = _replicate(s)
         metrics = Path(f).with_name("metrics.jsonl")
         records = [json.loads(line) for line in metrics.read_text().splitlines() if line]
         for r in records:
-            curves.append({**r, "run": s["run"], "seed": s["seed"]})
+            curves.append({**r, "run": run, "fold": fold, "seed": seed})
         tps = [r["tokens_per_s"] for r in records if r["kind"] == "train"]
-        e = evals.get((s["run"], s["seed"]), {})
+        e = evals.get((run, fold, seed), {})
         finals.append(
             {
-                "run": s["run"],
-                "seed": s["seed"],
+                "run": run,
+                "fold": fold,
+                "seed": seed,
                 "objective": s["objective"],
                 "schedule": s.get("schedule", ""),
                 "steps": s["steps"],
                 "final_val_loss": e.get("val_loss", s["final_val_loss"]),
+                # the last point of the training-time validation curve (steps to baseline
+                # compare curves with it: the evaluation job may score more tokens)
+                "curve_final_val_loss": s["final_val_loss"],
                 "perplexity": e.get("perplexity", s["final_val_ppl"]),
                 "tokens_per_s": float(np.median(tps)) if tps else float("nan"),
                 **{k: v for k, v in e.items() if k.endswith("_accuracy") or k.startswith("babylm_")},
             }
         )
-    return pd.DataFrame(curves), pd.DataFrame(finals).sort_values(["run", "seed"]).reset_index(drop=True)
+    finals = pd.DataFrame(finals).sort_values(["run", "fold", "seed"]).reset_index(drop=True)
+    return pd.DataFrame(curves), finals
 
 
 def steps_to_reach(steps: np.ndarray, losses: np.ndarray, target: float) -> float:
@@ -72,7 +85,10 @@ def attach_grid(finals: pd.DataFrame, grid: dict | None) -> pd.DataFrame:
     finals["base"] = [grid.get(r, {}).get("base", r) for r in finals.run]
     axes = sorted({k for g in grid.values() for k in g.get("axes", {})})
     for key in axes:
-        finals[key] = [grid.get(r, {}).get("axes", {}).get(key) for r in finals.run]
+        # an axis value of null (e.g. split.train_subset: the full data) is a value of its own,
+        # "null"; runs without the axis get None
+        values = [grid.get(r, {}).get("axes", {}) for r in finals.run]
+        finals[key] = [("null" if v[key] is None else v[key]) if key in v else None for v in values]
     finals.attrs["axes"] = axes
     return finals
 
@@ -96,14 +112,15 @@ def add_steps_to_baseline(curves: pd.DataFrame, finals: pd.DataFrame, baseline: 
     evals = curves[curves.kind == "eval"]
     reach, saved = [], []
     for _, row in finals.iterrows():
-        base = baseline_rows(finals, row, baseline).set_index("seed")
-        target = base.final_val_loss.get(row.seed, base.final_val_loss.mean())
-        c = evals[(evals.run == row.run) & (evals.seed == row.seed)].sort_values("step")
+        # the baseline of the same replicate: same fold (same validation set) and seed
+        base = baseline_rows(finals, row, baseline).set_index(["fold", "seed"])
+        key = (row.fold, row.seed)
+        target = base.curve_final_val_loss.get(key, base.curve_final_val_loss.mean())
+        c = evals[(evals.run == row.run) & (evals.fold == row.fold) & (evals.seed == row.seed)]
+        c = c.sort_values("step")
         s = steps_to_reach(c.step.to_numpy(), c.val_loss.to_numpy(), target)
         reach.append(s)
-        saved.append(
-            float(base.steps.get(row.seed, base.steps.mean())) - s if not math.isnan(s) else float("nan")
-        )
+        saved.append(float(base.steps.get(key, base.steps.mean())) - s if not math.isnan(s) else float("nan"))
     finals["steps_to_baseline"] = reach
     finals["steps_saved"] = saved
     return finals
@@ -126,7 +143,7 @@ def axis_tables(finals: pd.DataFrame) -> str:
             "",
             f"## By `{key}`",
             "",
-            f"| base run | {key} | seeds | final val loss | steps saved |",
+            f"| base run | {key} | replicates | final val loss | steps saved |",
             "|---|---|---|---|---|",
         ]
         for (base, value), g in finals[finals[key].notna()].groupby(["base", key], sort=True):
@@ -166,6 +183,70 @@ def axis_plots(finals: pd.DataFrame, folder: Path) -> list[str]:
     return names
 
 
+def _replicates(finals: pd.DataFrame) -> str:
+    folds, seeds = finals.fold.nunique(), finals.seed.nunique()
+    return f"{folds} folds × {seeds} seeds" if folds > 1 else f"{seeds} seeds"
+
+
+def fold_tables(finals: pd.DataFrame) -> str:
+    """With k folds: final validation loss and steps saved per run and fold (mean across
+    seeds), and the mean ± std across folds of those fold means."""
+    folds = sorted(finals.fold.unique())
+    if len(folds) < 2:
+        return ""
+    lines = []
+    for column, label, fmt in (
+        ("final_val_loss", "final validation loss", "{:.4f}"),
+        ("steps_saved", "steps saved", "{:.0f}"),
+    ):
+        lines += [
+            "",
+            f"## By fold: {label}",
+            "",
+            "Each fold: mean across seeds; last column: mean ± std across folds of the fold means.",
+            "",
+            "| run | " + " | ".join(folds) + " | across folds |",
+            "|---|" + "---|" * (len(folds) + 1),
+        ]
+        for run, g in finals.groupby("run", sort=False):
+            means = g.groupby("fold")[column].mean()
+            cells = [_mean_std(pd.Series([means.get(f)], dtype=float), fmt) for f in folds]
+            lines.append(f"| {run} | " + " | ".join(cells) + f" | {_mean_std(means, fmt)} |")
+    return "\n".join(lines) + "\n"
+
+
+def fold_plot(curves: pd.DataFrame, finals: pd.DataFrame, baseline: str, path: Path) -> list[str]:
+    """With k folds: per run, the validation curve of each fold (mean across seeds) and
+    the mean ± std across folds."""
+    evals = curves[curves.kind == "eval"]
+    if evals.empty or evals.fold.nunique() < 2:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = finals.assign(guided=finals.base != baseline).sort_values(["guided", "run"])
+    runs = list(dict.fromkeys(order.run))  # the baseline's runs first
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 3.2), sharey=True, squeeze=False)
+    for ax, run in zip(axes[0], runs, strict=True):
+        per_fold = evals[evals.run == run].groupby(["fold", "step"]).val_loss.mean().unstack("fold")
+        for fold in per_fold.columns:
+            ax.plot(per_fold.index, per_fold[fold], linewidth=0.9, alpha=0.7, label=fold)
+        mean, std = per_fold.mean(axis=1), per_fold.std(axis=1).fillna(0.0)
+        ax.plot(mean.index, mean, color="black", linewidth=2.0, label="mean across folds")
+        ax.fill_between(mean.index, mean - std, mean + std, color="black", alpha=0.15)
+        ax.set_title(run, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation loss")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path.name]
+
+
 def load_milestones(files: list[str]) -> pd.DataFrame:
     rows = []
     for f in files:
@@ -174,6 +255,7 @@ def load_milestones(files: list[str]) -> pd.DataFrame:
             rows.append(
                 {
                     "run": e["run"],
+                    "fold": e.get("fold") or MAIN_PART,
                     "seed": e["seed"],
                     **{k: v for k, v in m.items() if not isinstance(v, dict)},
                 }
@@ -229,15 +311,16 @@ def learning_curves(milestones: pd.DataFrame, curves: pd.DataFrame, baseline: st
 
 
 def markdown(finals: pd.DataFrame, baseline: str, plots: list[str]) -> str:
-    base_tps = finals[finals.run == baseline].tokens_per_s.mean()
+    base_tps = finals[finals.base == baseline].tokens_per_s.mean()
     lines = [
         "# Study report",
         "",
         f"Baseline: `{baseline}`. Steps to baseline = the first step (interpolated between evaluations) at "
-        "which a run's validation loss reaches the baseline's final validation loss for the same seed; "
-        "steps saved = baseline steps - that. Mean ± sample std across seeds.",
+        "which a run's validation curve reaches the last point of the baseline's curve for the same "
+        "replicate (fold and seed); steps saved = baseline steps - that. Mean ± sample std across "
+        f"replicates ({_replicates(finals)}).",
         "",
-        "| run | objective | schedule | seeds | final val loss | perplexity | steps to baseline "
+        "| run | objective | schedule | replicates | final val loss | perplexity | steps to baseline "
         "| steps saved "
         "| reached | tokens/s vs baseline |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -256,7 +339,7 @@ def markdown(finals: pd.DataFrame, baseline: str, plots: list[str]) -> str:
             "",
             "## Zero-shot evaluation of the final models",
             "",
-            "Minimal pairs: macro accuracy over paradigms (ties score 0.5). Mean ± std across seeds.",
+            "Minimal pairs: macro accuracy over paradigms (ties score 0.5). Mean ± std across replicates.",
             "",
             "| run | " + " | ".join(acc_cols) + " |",
             "|---|" + "---|" * len(acc_cols),
@@ -330,6 +413,11 @@ def build_report(
             milestones.to_csv(tmp / "milestones.csv", index=False, float_format="%.6g")
         finals.to_csv(tmp / "summary.csv", index=False, float_format="%.6g")
         extra += axis_plots(finals, tmp)
-        text = markdown(finals, baseline, [p[0] for p in plots] + extra) + axis_tables(finals)
+        extra += fold_plot(curves, finals, baseline, tmp / "val_loss_by_fold.png")
+        text = (
+            markdown(finals, baseline, [p[0] for p in plots] + extra)
+            + axis_tables(finals)
+            + fold_tables(finals)
+        )
         (tmp / "summary.md").write_text(text)
     return finals

@@ -85,7 +85,9 @@ def upload_inputs(remote: storage.Remote, inputs: dict[str, str]) -> dict[str, s
     return located
 
 
-def worker_args(run: dict, *, name: str, seed: int, located: dict[str, str], checkpoint_uri: str) -> str:
+def worker_args(
+    run: dict, *, name: str, seed: int, located: dict[str, str], checkpoint_uri: str, fold: str = "main"
+) -> str:
     args = [
         "--params",
         json.dumps(run, sort_keys=True),
@@ -93,6 +95,8 @@ def worker_args(run: dict, *, name: str, seed: int, located: dict[str, str], che
         name,
         "--seed",
         str(seed),
+        "--fold",
+        fold,
         "--train-shard",
         located["train"],
         "--val-shard",
@@ -104,7 +108,7 @@ def worker_args(run: dict, *, name: str, seed: int, located: dict[str, str], che
         "--checkpoint-uri",
         checkpoint_uri,
         "--out",
-        f"tpu-runs/{name}/seed{seed}",
+        f"tpu-runs/{name}/{fold}/seed{seed}",
         "--no-progress",
     ]
     if "teacher" in located:
@@ -123,6 +127,7 @@ def submit(
     out_dir: str,
     checkpoint_uri: str | None,
     teacher_path: str | None = None,
+    fold: str = "main",
 ) -> dict:
     from sdce.data.shards import load_shard
     from sdce.train import run_hash
@@ -145,7 +150,7 @@ def submit(
             SDCE_BUCKET=remote.bucket_name,
             SDCE_RUN_ID=pod,
             SDCE_TRAIN_ARGS=worker_args(
-                run, name=name, seed=seed, located=located, checkpoint_uri=checkpoint_uri
+                run, name=name, seed=seed, located=located, checkpoint_uri=checkpoint_uri, fold=fold
             ),
             SDCE_AUTO_RESUME="1",
         )

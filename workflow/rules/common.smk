@@ -12,6 +12,12 @@ LOGS = f"{RESULTS}/logs"
 GRID = sdce_config.expand_runs(config)
 RUNS = {name: sdce_config.resolve_run(config, name) for name in GRID}
 SEEDS = config["seeds"]
+# replicates are folds x seeds; each run trains in each fold on its data partition
+FOLDS = sdce_config.folds(config)
+PARTS = sorted(
+    {sdce_config.data_part(config, run, fold) for run in RUNS for fold in FOLDS}
+    | set(FOLDS)
+)
 
 if config["baseline"] not in config["runs"]:
     raise ValueError(
@@ -23,6 +29,8 @@ wildcard_constraints:
     run="|".join(RUNS),
     seed=r"\d+",
     split="train|validation",
+    fold="|".join(FOLDS),
+    part="|".join(PARTS),
 
 
 def image(target):
@@ -40,6 +48,58 @@ def run_json(wildcards):
 
 def run_block_size(wildcards):
     return RUNS[wildcards.run]["training"]["block_size"]
+
+
+def run_part(wildcards):
+    """The data partition of a run's job in its fold."""
+    return sdce_config.data_part(config, wildcards.run, wildcards.fold)
+
+
+def part_of(wildcards):
+    return wildcards.part if "part" in wildcards.keys() else run_part(wildcards)
+
+
+def fold_of(part):
+    return part.split("-n")[0]
+
+
+def part_split_json(wildcards):
+    return json.dumps(sdce_config.part_split(config, wildcards.part), sort_keys=True)
+
+
+def fold_arg(wildcards):
+    index = sdce_config.fold_index(wildcards.part)
+    return "" if index is None else f"--fold {index}"
+
+
+def part_tokenizer(wildcards):
+    """The student tokenizer of a partition: its fold's."""
+    return f"{RESULTS}/{fold_of(part_of(wildcards))}/tokenizer"
+
+
+def part_teacher_tokenizer(wildcards):
+    return f"{RESULTS}/{fold_of(wildcards.part)}/teachers/{wildcards.teacher}/tokenizer"
+
+
+def run_shards(wildcards):
+    """The run's training and validation shards (sidecars named so that they travel with
+    them to remote jobs) and its fold's tokenizer."""
+    shards = f"{RESULTS}/{run_part(wildcards)}/shards"
+    return {
+        "train": f"{shards}/train.bin",
+        "validation": f"{shards}/validation.bin",
+        "train_sidecar": f"{shards}/train.bin.json",
+        "validation_sidecar": f"{shards}/validation.bin.json",
+        "tokenizer": part_tokenizer(wildcards),
+    }
+
+
+def run_validation(wildcards):
+    shards = f"{RESULTS}/{run_part(wildcards)}/shards"
+    return {
+        "validation": f"{shards}/validation.bin",
+        "validation_sidecar": f"{shards}/validation.bin.json",
+    }
 
 
 # LM teachers (teachers.<name>): trained, described and cached by workflow/rules/teachers.smk.
@@ -61,10 +121,11 @@ def teacher_inputs(wildcards):
     smoothing): the bigram table, an LM teacher's cache, or its descriptor (online)."""
     guidance = RUNS[wildcards.run]["guidance"]
     objective = guidance["objective"]
+    part = run_part(wildcards)
     if objective == "bigram":
-        return {"teacher": f"{RESULTS}/teachers/bigram.npz"}
+        return {"teacher": f"{RESULTS}/{part}/teachers/bigram.npz"}
     if objective in sdce_distill.LM_OBJECTIVES:
-        folder = f"{RESULTS}/teachers/{guidance['teacher']}"
+        folder = f"{RESULTS}/{part}/teachers/{guidance['teacher']}"
         if guidance["teacher_source"] == "online":
             # the descriptor, and the model it names when the DAG trains it
             model = teacher_model_inputs(wildcards, guidance["teacher"])
@@ -105,7 +166,9 @@ def teacher_model_inputs(wildcards, teacher=None):
     """The teacher model the DAG trains (none for a pretrained teacher used as is)."""
     teacher = teacher or wildcards.teacher
     if sdce_distill.needs_training(TEACHERS[teacher]):
-        return {"model": f"{RESULTS}/teachers/{teacher}/train/model"}
+        return {
+            "model": f"{RESULTS}/{part_of(wildcards)}/teachers/{teacher}/train/model"
+        }
     return {}
 
 
@@ -126,7 +189,7 @@ def grid_json():
 
 
 def all_runs(pattern):
-    return expand(pattern, run=list(RUNS), seed=SEEDS)
+    return expand(pattern, run=list(RUNS), fold=FOLDS, seed=SEEDS)
 
 
 SYNTHETIC_PAIRS = (
@@ -155,9 +218,10 @@ def has_milestones(run):
 
 def milestone_evals():
     return [
-        f"{RESULTS}/eval/{run}/seed{seed}.milestones.json"
+        f"{RESULTS}/eval/{run}/{fold}/seed{seed}.milestones.json"
         for run in RUNS
         if has_milestones(run)
+        for fold in FOLDS
         for seed in SEEDS
     ]
 
@@ -222,6 +286,4 @@ onstart:
 def train_checkpoint_uri(wildcards):
     if not CHECKPOINT_ROOT:
         return "none"
-    return (
-        f"{CHECKPOINT_ROOT}/{config['experiment']}/{wildcards.run}/seed{wildcards.seed}"
-    )
+    return f"{CHECKPOINT_ROOT}/{config['experiment']}/{wildcards.run}/{wildcards.fold}/seed{wildcards.seed}"

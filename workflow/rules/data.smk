@@ -1,3 +1,6 @@
+# Data, per partition (`part`): `main` (the 95/5 split) or `fold<i>` (split.folds), and
+# `<fold>-n<N>` for runs with their own training subset. A fold's tokenizer is trained on
+# its full training split and shared by its subset partitions.
 rule corpus:
     output:
         corpus=f"{RESULTS}/data/corpus.jsonl",
@@ -16,26 +19,27 @@ rule split:
     input:
         corpus=rules.corpus.output.corpus,
     output:
-        train=f"{RESULTS}/data/train.jsonl",
-        validation=f"{RESULTS}/data/validation.jsonl",
+        train=f"{RESULTS}/{{part}}/data/train.jsonl",
+        validation=f"{RESULTS}/{{part}}/data/validation.jsonl",
     log:
-        f"{LOGS}/split.log",
+        f"{LOGS}/{{part}}/split.log",
     container:
         image("cpu")
     params:
-        spec=section_json("split"),
+        spec=part_split_json,
+        fold=fold_arg,
     shell:
-        "sdce split --params {params.spec:q} --corpus {input.corpus}"
+        "sdce split --params {params.spec:q} {params.fold} --corpus {input.corpus}"
         " --train {output.train} --validation {output.validation} > {log} 2>&1"
 
 
 rule tokenizer:
     input:
-        train=rules.split.output.train,
+        train=f"{RESULTS}/{{fold}}/data/train.jsonl",
     output:
-        tokenizer=directory(f"{RESULTS}/tokenizer"),
+        tokenizer=directory(f"{RESULTS}/{{fold}}/tokenizer"),
     log:
-        f"{LOGS}/tokenizer.log",
+        f"{LOGS}/{{fold}}/tokenizer.log",
     container:
         image("cpu")
     params:
@@ -46,13 +50,13 @@ rule tokenizer:
 
 rule encode:
     input:
-        documents=f"{RESULTS}/data/{{split}}.jsonl",
-        tokenizer=rules.tokenizer.output.tokenizer,
+        documents=f"{RESULTS}/{{part}}/data/{{split}}.jsonl",
+        tokenizer=part_tokenizer,
     output:
-        shard=f"{RESULTS}/shards/{{split}}.bin",
-        sidecar=f"{RESULTS}/shards/{{split}}.bin.json",
+        shard=f"{RESULTS}/{{part}}/shards/{{split}}.bin",
+        sidecar=f"{RESULTS}/{{part}}/shards/{{split}}.bin.json",
     log:
-        f"{LOGS}/encode_{{split}}.log",
+        f"{LOGS}/{{part}}/encode_{{split}}.log",
     container:
         image("cpu")
     shell:

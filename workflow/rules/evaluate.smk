@@ -14,14 +14,12 @@ rule minimal_pairs:
 rule evaluate:
     input:
         unpack(pair_inputs),
-        model=f"{RESULTS}/runs/{{run}}/seed{{seed}}/model",
-        validation=f"{RESULTS}/shards/validation.bin",
-        # read beside the shard; named so that it travels with it to remote jobs
-        validation_sidecar=f"{RESULTS}/shards/validation.bin.json",
+        unpack(run_validation),
+        model=f"{RESULTS}/runs/{{run}}/{{fold}}/seed{{seed}}/model",
     output:
-        result=f"{RESULTS}/eval/{{run}}/seed{{seed}}.json",
+        result=f"{RESULTS}/eval/{{run}}/{{fold}}/seed{{seed}}.json",
     log:
-        f"{LOGS}/evaluate/{{run}}_seed{{seed}}.log",
+        f"{LOGS}/evaluate/{{run}}_{{fold}}_seed{{seed}}.log",
     container:
         image("cpu")
     threads: 1
@@ -31,22 +29,21 @@ rule evaluate:
         pairs=pair_arg,
     shell:
         "sdce evaluate --params {params.spec:q} --model {input.model} --val-shard {input.validation}"
-        " --block-size {params.block_size} --name {wildcards.run} --seed {wildcards.seed}"
+        " --block-size {params.block_size} --name {wildcards.run} --fold {wildcards.fold} --seed {wildcards.seed}"
         " {params.pairs} --threads {threads} --out {output.result} > {log} 2>&1"
 
 
 rule evaluate_milestones:
     input:
         unpack(pair_inputs),
-        summary=f"{RESULTS}/runs/{{run}}/seed{{seed}}/summary.json",
+        unpack(run_validation),
+        summary=f"{RESULTS}/runs/{{run}}/{{fold}}/seed{{seed}}/summary.json",
         # read from the run folder (beside summary.json); named for remote jobs
-        milestones=f"{RESULTS}/runs/{{run}}/seed{{seed}}/milestones",
-        validation=f"{RESULTS}/shards/validation.bin",
-        validation_sidecar=f"{RESULTS}/shards/validation.bin.json",
+        milestones=f"{RESULTS}/runs/{{run}}/{{fold}}/seed{{seed}}/milestones",
     output:
-        result=f"{RESULTS}/eval/{{run}}/seed{{seed}}.milestones.json",
+        result=f"{RESULTS}/eval/{{run}}/{{fold}}/seed{{seed}}.milestones.json",
     log:
-        f"{LOGS}/evaluate/{{run}}_seed{{seed}}_milestones.log",
+        f"{LOGS}/evaluate/{{run}}_{{fold}}_seed{{seed}}_milestones.log",
     container:
         image("cpu")
     threads: 1
@@ -57,4 +54,4 @@ rule evaluate_milestones:
     shell:
         "sdce evaluate --milestones --params {params.spec:q} --model $(dirname {input.summary})"
         " --val-shard {input.validation} --block-size {params.block_size} --name {wildcards.run}"
-        " --seed {wildcards.seed} {params.pairs} --threads {threads} --out {output.result} > {log} 2>&1"
+        " --fold {wildcards.fold} --seed {wildcards.seed} {params.pairs} --threads {threads} --out {output.result} > {log} 2>&1"

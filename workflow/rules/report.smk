@@ -1,8 +1,8 @@
 rule report:
     input:
-        summaries=all_runs(f"{RESULTS}/runs/{{run}}/seed{{seed}}/summary.json"),
-        metrics=all_runs(f"{RESULTS}/runs/{{run}}/seed{{seed}}/metrics.jsonl"),
-        evals=all_runs(f"{RESULTS}/eval/{{run}}/seed{{seed}}.json"),
+        summaries=all_runs(f"{RESULTS}/runs/{{run}}/{{fold}}/seed{{seed}}/summary.json"),
+        metrics=all_runs(f"{RESULTS}/runs/{{run}}/{{fold}}/seed{{seed}}/metrics.jsonl"),
+        evals=all_runs(f"{RESULTS}/eval/{{run}}/{{fold}}/seed{{seed}}.json"),
         milestones=milestone_evals(),
     output:
         report=directory(f"{RESULTS}/report"),

@@ -1,12 +1,12 @@
 rule bigram:
     input:
-        shard=f"{RESULTS}/shards/train.bin",
-        sidecar=f"{RESULTS}/shards/train.bin.json",
+        shard=f"{RESULTS}/{{part}}/shards/train.bin",
+        sidecar=f"{RESULTS}/{{part}}/shards/train.bin.json",
     output:
-        table=f"{RESULTS}/teachers/bigram.npz",
-        meta=f"{RESULTS}/teachers/bigram.json",
+        table=f"{RESULTS}/{{part}}/teachers/bigram.npz",
+        meta=f"{RESULTS}/{{part}}/teachers/bigram.json",
     log:
-        f"{LOGS}/bigram.log",
+        f"{LOGS}/{{part}}/bigram.log",
     container:
         image("cpu")
     params:
@@ -19,18 +19,20 @@ rule bigram:
 # LM teachers: a surrogate trained from scratch with its own tokenizer, or a pretrained
 # model fine-tuned here, both through `sdce train` (objective ce); then its descriptor
 # (checked against the student tokenizer) and its cache: one pass over the training shard
-# storing every signal the runs read, each in a subfolder.
+# storing every signal the runs read, each in a subfolder. Like the student's data, all
+# of it is per data partition (the teacher learns from the partition's training split
+# only), with the teacher tokenizer per fold.
 wildcard_constraints:
     teacher="|".join(TEACHERS) or "(?!)",
 
 
 rule teacher_tokenizer:
     input:
-        train=f"{RESULTS}/data/train.jsonl",
+        train=f"{RESULTS}/{{fold}}/data/train.jsonl",
     output:
-        tokenizer=directory(f"{RESULTS}/teachers/{{teacher}}/tokenizer"),
+        tokenizer=directory(f"{RESULTS}/{{fold}}/teachers/{{teacher}}/tokenizer"),
     log:
-        f"{LOGS}/teachers/{{teacher}}_tokenizer.log",
+        f"{LOGS}/{{fold}}/teachers/{{teacher}}_tokenizer.log",
     container:
         image("cpu")
     params:
@@ -41,13 +43,13 @@ rule teacher_tokenizer:
 
 rule teacher_encode:
     input:
-        documents=f"{RESULTS}/data/{{split}}.jsonl",
-        tokenizer=f"{RESULTS}/teachers/{{teacher}}/tokenizer",
+        documents=f"{RESULTS}/{{part}}/data/{{split}}.jsonl",
+        tokenizer=part_teacher_tokenizer,
     output:
-        shard=f"{RESULTS}/teachers/{{teacher}}/shards/{{split}}.bin",
-        sidecar=f"{RESULTS}/teachers/{{teacher}}/shards/{{split}}.bin.json",
+        shard=f"{RESULTS}/{{part}}/teachers/{{teacher}}/shards/{{split}}.bin",
+        sidecar=f"{RESULTS}/{{part}}/teachers/{{teacher}}/shards/{{split}}.bin.json",
     log:
-        f"{LOGS}/teachers/{{teacher}}_encode_{{split}}.log",
+        f"{LOGS}/{{part}}/teachers/{{teacher}}_encode_{{split}}.log",
     container:
         image("cpu")
     shell:
@@ -56,17 +58,17 @@ rule teacher_encode:
 
 rule teacher_train:
     input:
-        train=f"{RESULTS}/teachers/{{teacher}}/shards/train.bin",
-        train_sidecar=f"{RESULTS}/teachers/{{teacher}}/shards/train.bin.json",
-        validation=f"{RESULTS}/teachers/{{teacher}}/shards/validation.bin",
-        validation_sidecar=f"{RESULTS}/teachers/{{teacher}}/shards/validation.bin.json",
-        tokenizer=f"{RESULTS}/teachers/{{teacher}}/tokenizer",
+        train=f"{RESULTS}/{{part}}/teachers/{{teacher}}/shards/train.bin",
+        train_sidecar=f"{RESULTS}/{{part}}/teachers/{{teacher}}/shards/train.bin.json",
+        validation=f"{RESULTS}/{{part}}/teachers/{{teacher}}/shards/validation.bin",
+        validation_sidecar=f"{RESULTS}/{{part}}/teachers/{{teacher}}/shards/validation.bin.json",
+        tokenizer=part_teacher_tokenizer,
     output:
-        model=directory(f"{RESULTS}/teachers/{{teacher}}/train/model"),
-        metrics=f"{RESULTS}/teachers/{{teacher}}/train/metrics.jsonl",
-        summary=f"{RESULTS}/teachers/{{teacher}}/train/summary.json",
+        model=directory(f"{RESULTS}/{{part}}/teachers/{{teacher}}/train/model"),
+        metrics=f"{RESULTS}/{{part}}/teachers/{{teacher}}/train/metrics.jsonl",
+        summary=f"{RESULTS}/{{part}}/teachers/{{teacher}}/train/summary.json",
     log:
-        f"{LOGS}/teachers/{{teacher}}_train.log",
+        f"{LOGS}/{{part}}/teachers/{{teacher}}_train.log",
     container:
         image("cuda")
     threads: 1
@@ -84,11 +86,11 @@ rule teacher_train:
 rule teacher:
     input:
         unpack(teacher_model_inputs),
-        tokenizer=f"{RESULTS}/tokenizer",
+        tokenizer=part_tokenizer,
     output:
-        descriptor=f"{RESULTS}/teachers/{{teacher}}/teacher.json",
+        descriptor=f"{RESULTS}/{{part}}/teachers/{{teacher}}/teacher.json",
     log:
-        f"{LOGS}/teachers/{{teacher}}_describe.log",
+        f"{LOGS}/{{part}}/teachers/{{teacher}}_describe.log",
     container:
         image("cpu")
     params:
@@ -101,14 +103,14 @@ rule teacher:
 
 rule cache_teacher:
     input:
-        teacher=f"{RESULTS}/teachers/{{teacher}}/teacher.json",
-        shard=f"{RESULTS}/shards/train.bin",
-        sidecar=f"{RESULTS}/shards/train.bin.json",
-        tokenizer=f"{RESULTS}/tokenizer",
+        teacher=f"{RESULTS}/{{part}}/teachers/{{teacher}}/teacher.json",
+        shard=f"{RESULTS}/{{part}}/shards/train.bin",
+        sidecar=f"{RESULTS}/{{part}}/shards/train.bin.json",
+        tokenizer=part_tokenizer,
     output:
-        cache=directory(f"{RESULTS}/teachers/{{teacher}}/cache"),
+        cache=directory(f"{RESULTS}/{{part}}/teachers/{{teacher}}/cache"),
     log:
-        f"{LOGS}/teachers/{{teacher}}_cache.log",
+        f"{LOGS}/{{part}}/teachers/{{teacher}}_cache.log",
     container:
         image("cuda")
     threads: 1

@@ -1,19 +1,14 @@
 rule train:
     input:
         unpack(teacher_inputs),
-        train=f"{RESULTS}/shards/train.bin",
-        validation=f"{RESULTS}/shards/validation.bin",
-        # read beside the shards; named so that they travel with them to remote jobs
-        train_sidecar=f"{RESULTS}/shards/train.bin.json",
-        validation_sidecar=f"{RESULTS}/shards/validation.bin.json",
-        tokenizer=f"{RESULTS}/tokenizer",
+        unpack(run_shards),
     output:
-        model=directory(f"{RESULTS}/runs/{{run}}/seed{{seed}}/model"),
-        milestones=directory(f"{RESULTS}/runs/{{run}}/seed{{seed}}/milestones"),
-        metrics=f"{RESULTS}/runs/{{run}}/seed{{seed}}/metrics.jsonl",
-        summary=f"{RESULTS}/runs/{{run}}/seed{{seed}}/summary.json",
+        model=directory(f"{RESULTS}/runs/{{run}}/{{fold}}/seed{{seed}}/model"),
+        milestones=directory(f"{RESULTS}/runs/{{run}}/{{fold}}/seed{{seed}}/milestones"),
+        metrics=f"{RESULTS}/runs/{{run}}/{{fold}}/seed{{seed}}/metrics.jsonl",
+        summary=f"{RESULTS}/runs/{{run}}/{{fold}}/seed{{seed}}/summary.json",
     log:
-        f"{LOGS}/train/{{run}}_seed{{seed}}.log",
+        f"{LOGS}/train/{{run}}_{{fold}}_seed{{seed}}.log",
     container:
         image("cuda")
     threads: 1
@@ -26,7 +21,7 @@ rule train:
         run=run_json,
         teacher=teacher_arg,
     shell:
-        "sdce train --params {params.run:q} --name {wildcards.run} --seed {wildcards.seed}"
+        "sdce train --params {params.run:q} --name {wildcards.run} --fold {wildcards.fold} --seed {wildcards.seed}"
         " --train-shard {input.train} --val-shard {input.validation} --tokenizer {input.tokenizer}"
         " {params.teacher} --threads {threads} --processes {resources.processes}"
         " --launcher {resources.launcher} --checkpoint-uri {resources.checkpoint_uri}"

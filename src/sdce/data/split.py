@@ -2,8 +2,10 @@
 
 `shuffle: false` keeps document order and holds out the *last* fraction of every
 source (the coherent 95/5 split used for BabyLM); `shuffle: true` permutes all
-documents with `seed` first (e.g. 80/20 with seed 42). Subsets keep the first N
-documents of each side after splitting.
+documents with `seed` first (e.g. 80/20 with seed 42). With `folds: k`, fold i
+holds out the i-th of k contiguous parts instead (of every source in order, or of
+the seeded permutation), so the k validation sets partition the corpus. Subsets
+keep the first N documents of each side after splitting.
 """
 
 from __future__ import annotations
@@ -18,23 +20,33 @@ class SplitError(ValueError):
     pass
 
 
-def split_documents(docs: list[dict], spec: dict) -> tuple[list[dict], list[dict]]:
+def _held_out(n: int, spec: dict, fold: int | None) -> tuple[int, int]:
+    """[start, stop) of the validation documents among n ordered ones."""
+    k = spec.get("folds")
+    if k is None:
+        if fold is not None:
+            raise SplitError(f"fold {fold} asked for, but split.folds is not set")
+        return n - math.floor(n * spec["validation_fraction"]), n
+    if fold is None or not 0 <= fold < k:
+        raise SplitError(f"split.folds={k}: a fold index in 0..{k - 1} is needed, got {fold}")
+    return fold * n // k, (fold + 1) * n // k
+
+
+def split_documents(docs: list[dict], spec: dict, fold: int | None = None) -> tuple[list[dict], list[dict]]:
     frac = spec["validation_fraction"]
     if spec["shuffle"]:
         order = np.random.default_rng(spec["seed"]).permutation(len(docs))
-        shuffled = [docs[i] for i in order]
-        n_val = math.floor(len(docs) * frac)
-        train, val = shuffled[: len(docs) - n_val], shuffled[len(docs) - n_val :]
+        groups = [[docs[i] for i in order]]
     else:
         by_source: dict[str, list[dict]] = defaultdict(list)
         for d in docs:
             by_source[d["source"]].append(d)
-        train, val = [], []
-        for source in sorted(by_source):
-            group = by_source[source]
-            n_val = math.floor(len(group) * frac)
-            train.extend(group[: len(group) - n_val])
-            val.extend(group[len(group) - n_val :])
+        groups = [by_source[s] for s in sorted(by_source)]
+    train, val = [], []
+    for group in groups:
+        start, stop = _held_out(len(group), spec, fold)
+        train.extend(group[:start] + group[stop:])
+        val.extend(group[start:stop])
     if spec.get("train_subset"):
         train = train[: spec["train_subset"]]
     if spec.get("validation_subset"):
@@ -42,7 +54,8 @@ def split_documents(docs: list[dict], spec: dict) -> tuple[list[dict], list[dict
     if not val:
         raise SplitError(
             f"split leaves the validation set empty ({len(docs)} documents, "
-            f"split.validation_fraction={frac}): raise the fraction or add documents"
+            f"split.validation_fraction={frac}, split.folds={spec.get('folds')}): "
+            "raise the fraction or add documents"
         )
     if not train:
         raise SplitError(f"split leaves the training set empty ({len(docs)} documents)")
