@@ -196,10 +196,10 @@ def test_run_suite_errors(model, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="no BabyLM task folders"):
         suite.run_suite(model, tokenizer, tmp_path)
     with pytest.raises(ValueError, match="unknown task"):
-        suite.run_suite(model, tokenizer, tmp_path, tasks=["reading"])
+        suite.run_suite(model, tokenizer, tmp_path, tasks=["wug_past"])
 
 
-@pytest.mark.parametrize("task", suite.TASKS)
+@pytest.mark.parametrize("task", [t for t in suite.TASKS if t != "reading"])
 def test_real_task_files(model, tokenizer, task):
     root = shared_babylm()
     if root is None:
@@ -243,11 +243,237 @@ def test_real_run_suite_and_leaderboard(model, tokenizer):
     if root is None:
         pytest.skip("shared BabyLM 2025 evaluation data not available")
     results = suite.run_suite(model, tokenizer, root, max_items_per_task=4, batch_size=16)
-    assert list(results["leaderboard"]) == list(suite.TASKS)
+    keys = [t for t in suite.TASKS if t != "reading"] + ["reading_eye_tracking", "reading_self_paced"]
+    assert list(results["leaderboard"]) == keys
+    assert list(results["tasks"]) == list(suite.TASKS)
+    assert results["metrics"]["reading_self_paced"] == "partial_r2"
+    # 4 rows cannot fit the reading regressions (8 and 17 coefficients): undefined, not garbage
+    assert results["leaderboard"]["reading_eye_tracking"] is None
     json.dumps(results)
-    table = suite.format_leaderboard(results)
-    assert table.splitlines()[0] == "| task | metric | score | items |"
-    assert len(table.splitlines()) == 2 + len(suite.TASKS)
-    for task, score in results["leaderboard"].items():
+    table = suite.format_leaderboard(results, name="tiny")
+    titles = [title for _, title in suite.LEADERBOARD_COLUMNS]
+    assert table.splitlines()[0] == "| model | " + " | ".join(titles) + " | Macroaverage |"
+    cells = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
+    assert cells[0] == "tiny" and cells[-1] == "n/a"  # no macro average without every column
+    for (key, _), cell in zip(suite.LEADERBOARD_COLUMNS, cells[1:-1], strict=True):
+        score = results["leaderboard"][key]
+        assert cell == ("n/a" if score is None else f"{100 * score:.2f}")
         assert score is None or math.isfinite(score)
-        assert f"| {task} |" in table
+    assert "reading 4" in table and "(at most 4 per task)" in table
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def synthetic_reading(n: int, seed: int = 0):
+    """Baseline predictors shaped like the real table's, and an independent surprisal."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "Subtlex_log10": rng.normal(10.5, 2.7, n),
+            "length": rng.integers(1, 12, n).astype(float),
+            "context_length": rng.integers(1, 14, n).astype(float),
+            "prev_length": rng.integers(1, 10, n).astype(float),
+            "prev_surprisal": rng.gamma(4.0, 2.5, n),
+            "surprisal": rng.gamma(4.0, 2.5, n),
+        }
+    )
+    return frame, rng
+
+
+def baseline_signal(frame):
+    f, ln, c = frame["Subtlex_log10"], frame["length"], frame["context_length"]
+    return 300 - 4 * f + 9 * ln + 2 * c - 0.3 * f * ln + 0.1 * f * c - 0.2 * ln * c
+
+
+def test_surprisal_gain_recovers_the_known_partial_r2():
+    """y = baseline + beta * surprisal + noise, surprisal independent of the baseline: the
+    baseline leaves beta^2 var(s) + sigma^2 unexplained, of which surprisal explains
+    beta^2 var(s) / (beta^2 var(s) + sigma^2)."""
+    import numpy as np
+
+    frame, rng = synthetic_reading(20_000, seed=1)
+    beta, sigma = 3.0, 25.0
+    var_s = float(frame["surprisal"].var())
+    frame["RT"] = baseline_signal(frame) + beta * frame["surprisal"] + rng.normal(0, sigma, len(frame))
+    true = beta**2 * var_s / (beta**2 * var_s + sigma**2)
+    assert 0.2 < true < 0.5
+    gain = suite.surprisal_gain(frame, "RT", suite.READING_BASELINE)
+    assert gain["n"] == 20_000
+    assert gain["score"] == pytest.approx(true, abs=0.015)
+    assert gain["coefficient"] == pytest.approx(beta, rel=0.03)
+    assert gain["delta_r2"] == pytest.approx(gain["score"] * (1 - gain["r2_baseline"]), abs=1e-12)
+    assert gain["r2"] > gain["r2_baseline"] > 0.3
+
+    # reading times unrelated to surprisal: it explains ~nothing (expected ~1/n)
+    frame["noise"] = baseline_signal(frame) + rng.normal(0, sigma, len(frame))
+    null = suite.surprisal_gain(frame, "noise", suite.READING_BASELINE)
+    assert 0.0 <= null["score"] < 0.001
+    assert abs(null["coefficient"]) < 0.2
+    # independent noise as the predictor instead of surprisal: the same
+    frame["junk"] = rng.normal(0, 1, len(frame))
+    assert suite.surprisal_gain(frame, "RT", suite.READING_BASELINE, predictor="junk")["score"] < 0.001
+    assert np.isfinite(null["r2_baseline"])
+
+
+def test_surprisal_gain_baselines_include_the_pairwise_products():
+    frame, rng = synthetic_reading(400, seed=2)
+    # exactly the 6-term baseline: it explains everything, surprisal has nothing left to explain
+    frame["exact"] = baseline_signal(frame)
+    exact = suite.surprisal_gain(frame, "exact", suite.READING_BASELINE)
+    assert exact["r2_baseline"] == pytest.approx(1.0, abs=1e-9) and exact["score"] is None
+    # a spillover interaction (prev_length x prev_surprisal) is in the 15-term spillover baseline
+    frame["spill"] = 250 + 0.8 * frame["prev_length"] * frame["prev_surprisal"] + rng.normal(0, 1e-3, 400)
+    spill = suite.surprisal_gain(frame, "spill", suite.READING_SPILLOVER_BASELINE)
+    assert spill["r2_baseline"] > 0.999999 and spill["score"] < 0.05
+    assert spill["n"] == 400 and spill["baseline"] == list(suite.READING_SPILLOVER_BASELINE)
+    # ... but not in the plain baseline
+    assert suite.surprisal_gain(frame, "spill", suite.READING_BASELINE)["r2_baseline"] < 0.9
+
+
+def test_surprisal_gain_missing_rows_and_undefined_fits():
+    import numpy as np
+
+    frame, rng = synthetic_reading(300, seed=3)
+    frame["RT"] = baseline_signal(frame) + 2 * frame["surprisal"] + rng.normal(0, 10, 300)
+    frame.loc[:29, "Subtlex_log10"] = np.nan  # like the real table's 30 words without frequency
+    frame.loc[30:39, "prev_surprisal"] = np.nan  # first words: no previous word
+    assert suite.surprisal_gain(frame, "RT", suite.READING_BASELINE)["n"] == 270
+    assert suite.surprisal_gain(frame, "RT", suite.READING_SPILLOVER_BASELINE)["n"] == 260
+    # no more rows than coefficients (8: intercept, 3 + 3 products, surprisal): undefined
+    assert suite.surprisal_gain(frame.iloc[30:38], "RT", suite.READING_BASELINE)["score"] is None
+    assert suite.surprisal_gain(frame.iloc[30:39], "RT", suite.READING_BASELINE)["score"] is not None
+    frame["flat"] = 1.0
+    assert suite.surprisal_gain(frame, "flat", suite.READING_BASELINE)["score"] is None
+
+
+def test_reading_scores_average_the_eye_tracking_measures():
+    frame, rng = synthetic_reading(3000, seed=4)
+    for k, measure in enumerate(suite.READING_EYE_TRACKING):
+        frame[measure] = baseline_signal(frame) + (k + 1) * frame["surprisal"] + rng.normal(0, 20, 3000)
+    frame[suite.READING_SELF_PACED] = 280 + 2 * frame["surprisal"] + rng.normal(0, 20, 3000)
+    scores = suite.reading_scores(frame)
+    eye = [
+        suite.surprisal_gain(frame, m, suite.READING_BASELINE)["score"] for m in suite.READING_EYE_TRACKING
+    ]
+    assert scores["eye_tracking"] == pytest.approx(sum(eye) / 4)
+    assert eye == sorted(eye)  # a larger surprisal effect explains more
+    spr = suite.surprisal_gain(frame, suite.READING_SELF_PACED, suite.READING_SPILLOVER_BASELINE)
+    assert scores["self_paced"] == spr["score"] and 0.0 < spr["score"] < 1.0
+    assert set(scores["per_measure"]) == {*suite.READING_EYE_TRACKING, suite.READING_SELF_PACED}
+
+
+def test_surprisal_gain_matches_statsmodels_formulas():
+    """The official pipeline's statsmodels formulas give the same R2s (statsmodels optional)."""
+    smf = pytest.importorskip("statsmodels.formula.api")
+    frame, rng = synthetic_reading(500, seed=5)
+    frame["y"] = baseline_signal(frame) + 1.5 * frame["surprisal"] + rng.normal(0, 30, 500)
+    base = (
+        "Subtlex_log10 + length + context_length + Subtlex_log10:length"
+        " + Subtlex_log10:context_length + length:context_length"
+    )
+    r2_base = smf.ols(f"y ~ {base}", data=frame).fit().rsquared
+    r2 = smf.ols(f"y ~ {base} + surprisal", data=frame).fit().rsquared
+    gain = suite.surprisal_gain(frame, "y", suite.READING_BASELINE)
+    assert gain["r2_baseline"] == pytest.approx(r2_base, abs=1e-10)
+    assert gain["score"] == pytest.approx((r2 - r2_base) / (1 - r2_base), abs=1e-10)
+
+
+READING_HEADER = (
+    ",item,word,word2,sentence,context_length,sent_id,item_id,list,Subtlex_log10,length,RTfirstfix,"
+    "RTfirstpass,RTgopast,RTrightbound,self_paced_reading_time,ELAN,LAN,N400,P600,EPNP,PNP,"
+    "prev_word,prev_item,prev_length\n"
+)
+
+
+def test_load_reading_reads_text_verbatim(tmp_path):
+    folder = tmp_path / "reading"
+    folder.mkdir()
+    nums = "14.2,3,71.1,75.8,102.9,86.5,296.1,-0.5,0.1,1.1,1.0,-0.7,1.6"
+    (folder / "reading_data.csv").write_text(
+        READING_HEADER
+        # an empty context (the real file's "None of ...", which pandas reads as missing)
+        + f"0,,of,OF,None of the city people.,1,1,1,1,{nums},,,-1\n"
+        + f"1,None of,the,THE,None of the city people.,2,1,2,1,{nums.replace('14.2', '')},of,None,2\n"
+        + f'2,"Good God, if you are","watching,",W,"Good God, if you are watching, give",5,2,3,1,{nums},are,'
+        + '"Good God, if you",3\n'
+    )
+    frame = suite.load_reading(folder)
+    assert list(frame["item"]) == ["None", "None of", "Good God, if you are"]
+    assert frame.loc[1, "prev_item"] == "None" and frame.loc[1, "prev_word"] == "of"
+    assert frame.loc[0, "prev_item"] is None and frame.loc[2, "word"] == "watching,"
+    assert frame["Subtlex_log10"].isna().tolist() == [False, True, False]
+
+    (folder / "reading_data.csv").write_text(READING_HEADER + f"0,,of,OF,A sentence.,1,1,1,1,{nums},,,-1\n")
+    with pytest.raises(ValueError, match="row 0: empty item"):
+        suite.load_reading(folder)
+    (folder / "reading_data.csv").write_text(READING_HEADER + f"0,A,b,B,A b.,1,1,1,1,{nums},x,,-1\n")
+    with pytest.raises(ValueError, match="prev_item and prev_word"):
+        suite.load_reading(folder)
+    (folder / "reading_data.csv").write_text("item,word\nA,b\n")
+    with pytest.raises(ValueError, match="missing column"):
+        suite.load_reading(folder)
+
+
+def test_real_reading_subset(model, tokenizer):
+    """The real table, first 150 rows, scored with the tiny model: the scores equal the
+    regressions on surprisals computed directly, word by word."""
+    root = shared_babylm()
+    if root is None:
+        pytest.skip("shared BabyLM 2025 evaluation data not available")
+    folder = root / "reading"
+    full = suite.load_reading(folder)
+    assert len(full) == 1726 and full["sentence"].nunique() == 205
+    result = suite.evaluate_reading(model, tokenizer, folder, max_items=150, batch_size=32)
+    json.dumps(result)
+    assert result["n_items"] == 150 and result["metric"] == "partial_r2"
+    frame = full.iloc[:150].copy()
+    frame["surprisal"] = [
+        -continuation_logprobs(model, tokenizer, [c], [" " + w])[0]
+        for c, w in zip(frame["item"], frame["word"], strict=True)
+    ]
+    frame["prev_surprisal"] = [
+        -continuation_logprobs(model, tokenizer, [c], [" " + w])[0] if c is not None else float("nan")
+        for c, w in zip(frame["prev_item"], frame["prev_word"], strict=True)
+    ]
+    assert result["mean_surprisal"] == pytest.approx(frame["surprisal"].mean(), rel=1e-5)
+    expected = suite.reading_scores(frame)
+    board = result["leaderboard"]
+    assert board["reading_eye_tracking"] == pytest.approx(expected["eye_tracking"], abs=1e-6)
+    assert board["reading_self_paced"] == pytest.approx(expected["self_paced"], abs=1e-6)
+    for score in board.values():
+        assert 0.0 <= score < 1.0
+    per = result["per_measure"]
+    assert per["RTfirstfix"]["n"] == frame["Subtlex_log10"].notna().sum()
+    spr_rows = frame["Subtlex_log10"].notna() & frame["prev_item"].notna()
+    assert per["self_paced_reading_time"]["n"] == spr_rows.sum() > 100
+    assert set(per) == {*suite.READING_EYE_TRACKING, suite.READING_SELF_PACED, *suite.READING_ERP}
+
+
+# ----------------------------------------------------------------------------- leaderboard layout
+
+
+def test_leaderboard_scores_units_and_macro_average():
+    scores = {
+        "blimp": 0.7166,
+        "blimp_supplement": 0.6321,
+        "ewok": 0.4949,
+        "reading_eye_tracking": 0.0989,
+        "reading_self_paced": 0.0345,
+        "entity_tracking": 0.3396,
+        "wug_adj": 0.43,
+    }
+    row = suite.leaderboard_scores(scores)
+    assert list(row) == [title for _, title in suite.LEADERBOARD_COLUMNS] + ["Macroaverage"]
+    assert row["BLiMP"] == pytest.approx(71.66) and row["WUGs"] == pytest.approx(43.0)
+    assert row["Reading (Eye Tracking)"] == pytest.approx(9.89)
+    assert row["Macroaverage"] == pytest.approx((71.66 + 63.21 + 49.49 + 9.89 + 3.45 + 33.96 + 43.0) / 7)
+    # a subset of tasks: only their columns, averaged; a missing score leaves no macro average
+    assert suite.leaderboard_scores({"ewok": 0.5, "blimp": 0.7}) == pytest.approx(
+        {"BLiMP": 70.0, "EWoK": 50.0, "Macroaverage": 60.0}
+    )
+    assert suite.leaderboard_scores({"blimp": 0.7, "wug_adj": None})["Macroaverage"] is None
+    assert suite.leaderboard_scores({"blimp": 0.7, "wug_adj": float("nan")})["WUGs"] is None

@@ -73,6 +73,35 @@ def test_final_model_with_generated_and_real_blimp_pairs(trained, tiny_data, sha
     assert set(r["minimal_pairs"]["synthetic"]["per_paradigm"]) == set(generate_minimal_pairs(1, 0))
 
 
+def test_final_model_with_the_babylm_suite(trained, tiny_data, shared_dir, tmp_path):
+    """evaluation.babylm_suite_path: the suite's leaderboard scores land in the evaluation JSON
+    as babylm_<key> (reading as two), which is what the report's leaderboard table reads."""
+    import pandas as pd
+
+    from sdce.evaluation.babylm_suite import leaderboard_report
+
+    out, _ = trained
+    source = shared_dir / "data" / "babylm-eval-2025"
+    if not source.is_dir():
+        pytest.skip("shared BabyLM 2025 evaluation data not available")
+    root = tmp_path / "suite"
+    (root / "blimp_filtered").mkdir(parents=True)
+    (root / "reading").mkdir()
+    lines = (source / "blimp_filtered" / "wh_island.jsonl").read_text().splitlines()[:10]
+    (root / "blimp_filtered" / "wh_island.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "reading" / "reading_data.csv").symlink_to(source / "reading" / "reading_data.csv")
+    spec = {**EVAL, "babylm_suite_path": str(root), "max_pairs_per_paradigm": 120}
+    r = evaluate_model(out / "model", str(tiny_data / "validation.bin"), 64, spec, {})
+    assert list(r["babylm"]["tasks"]) == ["blimp", "reading"]
+    assert r["babylm"]["tasks"]["reading"]["n_items"] == 120
+    keys = ("babylm_blimp", "babylm_reading_eye_tracking", "babylm_reading_self_paced")
+    assert all(0.0 <= r[k] <= 1.0 for k in keys)
+    json.dumps(r)
+    rows, text = leaderboard_report(pd.DataFrame([{"run": "m", "seed": 1, **{k: r[k] for k in keys}}]))
+    assert rows.loc[0, "Reading (Self-Paced Reading Time)"] == pytest.approx(100 * r[keys[2]])
+    assert "| m | 1 | " in text and "Not evaluated: BLiMP Supplement, EWoK, Entity Tracking, WUGs" in text
+
+
 def test_milestones_must_increase():
     with pytest.raises(cfg.ConfigError, match="training.milestones: \\[5, 3\\] is not strictly increasing"):
         cfg.validate({"milestones": [5, 3]}, "training")

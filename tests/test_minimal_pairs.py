@@ -332,8 +332,17 @@ def test_real_blimp_subset(model, tokenizer, tmp_path):
 # ----------------------------------------------------------------------------- lm-evaluation-harness
 
 
-def test_agrees_with_lm_evaluation_harness(model, tokenizer, tmp_path):
+def test_agrees_with_lm_evaluation_harness(model, tokenizer, tmp_path, monkeypatch):
     pytest.importorskip("lm_eval")
+    import datasets.config
+    import huggingface_hub.constants
+
+    # offline: a local task definition on a local file; nothing may be fetched from the Hub
+    # (the libraries read the variables at import, so patch their constants too)
+    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+        monkeypatch.setattr(datasets.config, name, True, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager

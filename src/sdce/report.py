@@ -247,6 +247,17 @@ def fold_plot(curves: pd.DataFrame, finals: pd.DataFrame, baseline: str, path: P
     return [path.name]
 
 
+def babylm_leaderboard(finals: pd.DataFrame, folder: Path) -> str:
+    """The BabyLM 2025 suite's scores in the leaderboard's layout (mean ± std per run) for
+    summary.md, and its per-replicate rows in babylm_leaderboard.csv; "" without suite scores."""
+    from sdce.evaluation.babylm_suite import leaderboard_report
+
+    rows, text = leaderboard_report(finals)
+    if not rows.empty:
+        rows.to_csv(folder / "babylm_leaderboard.csv", index=False, float_format="%.6g")
+    return text
+
+
 def load_milestones(files: list[str]) -> pd.DataFrame:
     rows = []
     for f in files:
@@ -418,6 +429,7 @@ def build_report(
             markdown(finals, baseline, [p[0] for p in plots] + extra)
             + axis_tables(finals)
             + fold_tables(finals)
+            + babylm_leaderboard(finals, tmp)
         )
         (tmp / "summary.md").write_text(text)
     return finals
