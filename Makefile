@@ -13,7 +13,7 @@ $(BIN)/sdce: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# constraints pin torch to the CPU wheel here; GPU users drop -c or use containers/
 	# cloud: GCS client, Snakemake's GCS storage and Kubernetes executor plugins (a few MB)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,cloud,checks]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,cloud,checks,trackers]"
 	touch $@
 
 setup: $(BIN)/sdce

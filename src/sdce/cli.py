@@ -168,6 +168,13 @@ def cmd_train(args) -> None:
     print(json.dumps(summary, sort_keys=True))
 
 
+def _seeds_train(argv: list[str]) -> bool:
+    """`sdce train` with the seeds' config file or flags (sdce.standalone), not a study run."""
+    from sdce.standalone import is_seeds_invocation
+
+    return is_seeds_invocation(argv)
+
+
 def _local_inputs(args) -> dict:
     """Inputs given as gs:// (TPU pod workers) are fetched under the run's work/inputs."""
     from sdce import storage
@@ -285,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--meta", required=True)
 
     sp = add("train", cmd_train, "train one run with one seed")
-    sp.add_argument("--config", help="a study config (standalone use; else --params)")
+    sp.add_argument(
+        "--config",
+        help="a study config (standalone use with --name; else --params); a seeds-style config "
+        "(sections model, surrogate, data, training) runs on its own: sdce train --config FILE --help",
+    )
     sp.add_argument("--name", required=True, help="run name")
     sp.add_argument("--seed", type=int, required=True)
     sp.add_argument("--fold", default="main", help="the data partition: main or fold<i> (report label)")
@@ -371,7 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"] and _seeds_train(argv[1:]):
+        from sdce import standalone  # the seeds' config and flags (sdce.standalone)
+
+        args = standalone.build_parser().parse_args(argv[1:])
+        args.command, args.fn = "train", standalone.cmd_train
+    else:
+        args = build_parser().parse_args(argv)
     try:
         args.fn(args)
     except (ValueError, FileNotFoundError) as e:

@@ -42,12 +42,29 @@ def build_config(spec: dict, vocab_size: int, block_size: int, bos_id: int, eos_
 
 
 def build_model(spec: dict, tokenizer, block_size: int, seed: int):
-    """Random init under `seed`, or `from_pretrained(spec['from_pretrained'])`."""
+    """Random init under `seed`, or `from_pretrained(spec['from_pretrained'])`.
+
+    The torch RNG is seeded with `seed` either way: LoRA adapters are initialised from it
+    (peft draws lora_A at random) and the training loop's dropout continues from it, so a
+    run does not depend on what the process drew before (a resumed run rebuilds the same
+    model before loading its checkpoint and RNG state)."""
     from transformers import AutoModelForCausalLM
 
     attn = spec["attn_implementation"]
     adapter = spec["adapter"]
+    if spec["from_pretrained"] and spec["init_from_scratch"]:
+        # the pretrained architecture (its config), fresh weights under the seed
+        from transformers import AutoConfig
+
+        if adapter != "none":
+            raise ValueError(
+                f"model.adapter={adapter} adapts pretrained weights: unset model.init_from_scratch"
+            )
+        config = AutoConfig.from_pretrained(spec["from_pretrained"])
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config, attn_implementation=attn)
     if spec["from_pretrained"]:
+        torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_pretrained(
             spec["from_pretrained"], attn_implementation=attn, **_quantization(adapter)
         )

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-from sdce import backends, losses
+from sdce import backends, losses, trackers
 from sdce import checkpoint as ckpt
 from sdce import config as cfg
 from sdce.backends import TrainingError
 from sdce.data import batches
-from sdce.data.shards import load_shard
-from sdce.io import atomic_dir, stable_hash, write_json
+from sdce.data.shards import load_shard, sidecar
+from sdce.io import atomic_dir, read_json, stable_hash, write_json
 from sdce.model import build_model, count_parameters
 from sdce.schedules import guidance_weight
 
@@ -111,8 +111,24 @@ def _scheduler(optimizer, spec: dict):
 
 
 def run_hash(run: dict, seed: int, train_meta: dict, has_teacher: bool) -> str:
-    """What a checkpoint must match to be resumed: the run's settings, seed and data."""
-    return stable_hash({"run": run, "seed": seed, "train": train_meta, "teacher": has_teacher})
+    """What a checkpoint must match to be resumed: the run's settings, seed and data
+    (not its experiment trackers, which only watch)."""
+    training = {k: v for k, v in run["training"].items() if k != "tracking"}
+    settings = {**run, "training": training}
+    return stable_hash({"run": settings, "seed": seed, "train": train_meta, "teacher": has_teacher})
+
+
+def _check_resumable(folder: Path, run: dict, seed: int, train_shard: str, has_teacher: bool) -> None:
+    """Refuse an explicit checkpoint to resume from that is incomplete or of other settings."""
+    if not (folder / ckpt.STATE).is_file():
+        raise TrainingError(f"resume from {folder}: not a complete checkpoint (no {ckpt.STATE})")
+    expected = run_hash(run, seed, read_json(sidecar(train_shard)), has_teacher)
+    state = read_json(folder / ckpt.STATE)
+    if state.get("config_hash") != expected:
+        raise TrainingError(
+            f"resume from {folder}: it was written at step {state.get('step')} with other settings, "
+            "seed or training data than this run's (config hash differs); start without it"
+        )
 
 
 def _micro_batch(spec: dict, world: int) -> tuple[int, int]:
@@ -171,6 +187,7 @@ class MetricsLog:
 
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
+        self.trackers = trackers.Trackers([])  # experiment trackers get every record too
 
     def truncate(self, step: int) -> None:
         if not self.enabled or not self.path.exists():
@@ -187,6 +204,7 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            self.trackers.log(record)
 
 
 def train(
@@ -207,6 +225,7 @@ def train(
     processes: int = 1,
     backend: str = "auto",
     checkpoint_uri: str | None = None,
+    resume_from: str | None = None,
 ) -> dict:
     """Train one run (validated `run` slice: model, training, guidance) with one seed.
 
@@ -217,11 +236,16 @@ def train(
     without local checkpoints resumes from the bucket's newest. Everything that can be
     refused (backend settings, the batch split, credentials, the bucket) is refused
     here, before a process starts. `stop_after` ends the run after that step's
-    checkpoint, as a preemption would.
+    checkpoint, as a preemption would. `resume_from` (a `step_N` checkpoint folder, of this
+    run folder or another one) resumes from that checkpoint instead of this folder's newest;
+    it must have been written with the same settings and data.
     """
     from sdce import storage
 
     spec = run["training"]
+    trackers.check(spec["tracking"])
+    if resume_from is not None:
+        _check_resumable(Path(resume_from), run, seed, train_shard, teacher_path is not None)
     backend = backends.resolve(backend)
     processes = backends.resolve_processes(processes, backend)
     backends.check(spec, run["model"], backend, processes)
@@ -244,6 +268,7 @@ def train(
         stop_after=stop_after,
         backend_name=backend,
         checkpoint_uri=checkpoint_uri,
+        resume_from=str(resume_from) if resume_from is not None else None,
     )
     result = backends.launch(_train_process, kwargs, backend=backend, processes=processes)
     if result is None:  # XLA processes report through the run folder
@@ -272,6 +297,7 @@ def _train_process(
     stop_after: int | None,
     backend_name: str,
     checkpoint_uri: str | None,
+    resume_from: str | None = None,
 ) -> dict:
     """The loop, in one process of `train`."""
     from sdce import storage
@@ -308,7 +334,7 @@ def _train_process(
     metrics = MetricsLog(work / "metrics.jsonl", main)
     pending = cfg.milestone_words(spec["milestones"])
     start_step, tokens_seen = 0, 0
-    if resume and remote is not None and bk.is_local_main:
+    if resume and remote is not None and resume_from is None and bk.is_local_main:
         # a machine without this run's checkpoints (preempted, rescheduled) takes the
         # bucket's newest, with the metrics and milestones written up to it
         pulled = ckpt.pull_latest(remote, ckpt_dir, config_hash)
@@ -317,6 +343,12 @@ def _train_process(
             remote.download_dir("milestones", milestone_dir)
     bk.barrier("pull")
     last = ckpt.latest(ckpt_dir, config_hash) if resume else None
+    if resume_from is not None:  # an explicit checkpoint (checked in `train`)
+        last = Path(resume_from)
+        theirs = last.parent.parent / "metrics.jsonl"  # its run's work/metrics.jsonl
+        if main and last.parent.resolve() != ckpt_dir.resolve() and theirs.exists():
+            work.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(theirs, work / "metrics.jsonl")
     state = None
     if last is not None:
         from transformers import AutoModelForCausalLM
@@ -366,6 +398,14 @@ def _train_process(
         )
         return loss
 
+    metrics.trackers = trackers.open_trackers(
+        spec["tracking"],
+        enabled=main,
+        run_dir=out,
+        name=f"{name}-seed{seed}",
+        config={**run, "seed": seed},
+        start_step=start_step,
+    )
     if start_step == 0:
         run_eval(0)
 
@@ -495,9 +535,11 @@ def _train_process(
             if stop_after is not None and done >= stop_after and done < spec["steps"]:
                 if bar is not None:
                     bar.close()
+                metrics.trackers.close()
                 return {"stopped_at": done}
     if bar is not None:
         bar.close()
+    metrics.trackers.close()
 
     if math.isnan(val_loss):  # resumed at the final step: take the last recorded evaluation
         evals = [json.loads(r) for r in (work / "metrics.jsonl").read_text().splitlines()]

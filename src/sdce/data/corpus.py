@@ -118,7 +118,8 @@ def _hf(spec: dict) -> list[dict]:
         raise CorpusError("corpus.hf_name must be set for source 'hf'")
     column = spec["text_column"]
     local = Path(name).expanduser()
-    if local.is_dir() and ((local / "dataset_info.json").exists() or (local / "state.json").exists()):
+    saved = ("dataset_info.json", "state.json", "dataset_dict.json")  # Dataset(Dict).save_to_disk
+    if local.is_dir() and any((local / f).exists() for f in saved):
         ds = datasets.load_from_disk(str(local))
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[spec["hf_split"]]

@@ -1,0 +1,917 @@
+"""One training outside Snakemake from the seeds' configuration: `sdce train --config FILE`.
+
+The predecessor scripts (one `train.py`, "the seeds") read a YAML with the sections
+`model`, `surrogate`, `data`, `training` and `evaluation`, and flags such as `--base_model`,
+`--surrogate_k` or `--standard_training` over it. This module takes those files and flags
+unchanged, translates them into sdce's own validated sections (corpus, split, tokenizer,
+teacher, run) and runs the pipeline's stage functions in order into `training.output_dir`:
+
+    data/{train,validation}.jsonl   the documents (sdce.data.corpus, sdce.data.split)
+    tokenizer/                      the student's pretrained tokenizer (sdce.data.tokenizer)
+    shards/{train,validation}.bin   token shards (sdce.data.shards)
+    teacher.json                    the surrogate checked against the student (sdce.teachers.surrogate)
+    sdce.json                       the seeds' settings and the sdce settings they became
+    model/, metrics.jsonl, ...      the run (sdce.train.train, the one training loop)
+
+A stage whose inputs did not change since the last call is skipped (data/stages.json), so
+running the same command again (to resume) goes straight to training. Every seeds key maps
+to an sdce key, or is refused or reported with its name (README, "Standalone training").
+
+Epochs become optimizer steps from the encoded training tokens:
+
+    steps = ceil(num_epochs * floor(train_tokens / max_seq_length) / global_batch)
+    global_batch = per_device_train_batch_size * gradient_accumulation_steps * processes
+    warmup steps = warmup_steps if set, else ceil(warmup_ratio * steps)
+
+sdce draws every step's windows at seeded random offsets (resumable without data-loader
+state), so an epoch is a budget of windows, not one pass over fixed chunks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+from sdce import config as cfg
+from sdce import trackers
+from sdce.backends import resolve as resolve_backend
+from sdce.config import ConfigError
+
+DTYPES = ("float16", "bfloat16", "float32")
+LOSS_TYPES = ("surrogate", "kl", "standard")
+DEVICES = ("auto", "cuda", "mps", "tpu", "cpu")
+PRECISIONS = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
+SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
+TRACKERS = ("tensorboard", "wandb")
+
+_S, _I, _N, _B = (str,), (int,), (int, float), (bool,)
+TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true/false", list: "a list"}
+
+# The seeds' layout: section -> key -> (the seeds' default, accepted types). None = unset:
+# the sdce schema's default applies (each mapping below says which).
+LAYOUT: dict[str, dict[str, tuple]] = {
+    "model": {
+        "name_or_path": ("gpt2", _S),
+        "dtype": (None, _S),
+        "use_flash_attention": (False, _B),
+        "gradient_checkpointing": (False, _B),
+        "trust_remote_code": (False, _B),
+        "init_from_scratch": (False, _B),
+    },
+    "surrogate": {
+        "name_or_path": (None, _S),
+        "dtype": (None, _S),
+        "k": (30, _I),
+        "probability_threshold": (0.02, _N),
+        "enabled": (True, _B),
+        "trust_remote_code": (False, _B),
+        "loss_weight_initial": (1.0, _N),
+        "loss_weight_final": (0.0, _N),
+        "use_perplexity_weighting": (True, _B),
+    },
+    "data": {
+        "dataset_name": ("wikitext", _S),
+        "dataset_config": ("wikitext-2-raw-v1", _S),
+        "dataset_split": ("train", _S),
+        "eval_split": ("validation", _S),
+        "text_column": ("text", _S),
+        "max_seq_length": (1024, _I),
+        "preprocessing_num_workers": (None, _I),
+        "train_file": (None, _S),
+        "eval_file": (None, _S),
+        "eval_split_ratio": (0.05, _N),
+        "eval_split_seed": (42, _I),
+    },
+    "training": {
+        "output_dir": ("output", _S),
+        "num_epochs": (3, _N),
+        "per_device_train_batch_size": (4, _I),
+        "per_device_eval_batch_size": (None, _I),
+        "gradient_accumulation_steps": (4, _I),
+        "learning_rate": (1e-4, _N),
+        "weight_decay": (0.01, _N),
+        "warmup_ratio": (0.1, _N),
+        "warmup_steps": (None, _I),
+        "max_grad_norm": (1.0, _N),
+        "lr_scheduler_type": ("cosine", _S),
+        "loss_type": ("surrogate", _S),
+        "device": ("auto", _S),
+        "tpu_cores": (None, _I),
+        "tpu_num_hosts": (None, _I),
+        "tpu_metrics_debug": (False, _B),
+        "tpu_use_pjrt": (True, _B),
+        "mixed_precision": ("no", _S),
+        "logging_steps": (None, _I),
+        "eval_steps": (None, _I),
+        "save_steps": (None, _I),
+        "save_total_limit": (None, _I),
+        "use_z_loss": (False, _B),
+        "z_loss_multiplier": (1e-4, _N),
+        "local_rank": (None, _I),
+        "seed": (42, _I),
+        "resume_from_checkpoint": (None, (str, bool)),
+        "wandb_project": (None, _S),
+        "wandb_run_name": (None, _S),
+        "wandb_entity": (None, _S),
+        # sdce's addition, named as Hugging Face's TrainingArguments name it
+        "report_to": (None, (str, list)),
+    },
+    "evaluation": {
+        "enabled": (False, _B),
+        "eval_interval": (None, _I),
+        "tasks": (None, (str, list)),
+        "num_fewshot": (None, _I),
+        "batch_size": (None, _I),
+        "limit": (None, _N),
+        "log_individual_tasks": (None, _B),
+        "log_aggregate_score": (None, _B),
+    },
+}
+CHOICES = {
+    "model.dtype": DTYPES,
+    "surrogate.dtype": DTYPES,
+    "training.loss_type": LOSS_TYPES,
+    "training.device": DEVICES,
+    "training.mixed_precision": tuple(PRECISIONS),
+}
+
+# sdce keys (as validation and training errors name them) -> the seeds' keys they come from
+SEEDS_NAMES = {
+    "training.steps": "training.num_epochs",
+    "training.batch_size": "training.per_device_train_batch_size x gradient_accumulation_steps",
+    "training.micro_batch_size": "training.per_device_train_batch_size",
+    "training.block_size": "data.max_seq_length",
+    "training.warmup_steps": "training.warmup_ratio / warmup_steps",
+    "training.grad_clip": "training.max_grad_norm",
+    "training.lr_scheduler": "training.lr_scheduler_type",
+    "training.precision": "training.mixed_precision",
+    "training.log_interval": "training.logging_steps",
+    "training.eval_interval": "training.eval_steps",
+    "training.checkpoint_interval": "training.save_steps",
+    "training.z_loss": "training.z_loss_multiplier",
+    "training.tracking": "training.report_to / wandb_*",
+    "model.attn_implementation": "model.use_flash_attention",
+    "model.from_pretrained": "model.name_or_path",
+    "guidance.initial_weight": "surrogate.loss_weight_initial",
+    "guidance.min_weight": "surrogate.loss_weight_final",
+    "guidance.surrogate.top_k": "surrogate.k",
+    "split.validation_fraction": "data.eval_split_ratio",
+    "teachers.surrogate": "surrogate.name_or_path",
+}
+
+
+def in_seeds_terms(message: str) -> str:
+    """`message` with the seeds' names of the sdce keys it mentions appended."""
+    hits = [
+        f"{key} is the seeds' {seeds}"
+        for key, seeds in SEEDS_NAMES.items()
+        if re.search(rf"(?<!\w){re.escape(key)}(?!\w)", message)
+    ]
+    return message + (f" ({'; '.join(hits)})" if hits else "")
+
+
+# --- the seeds' configuration: file, flags, checks ---------------------------------------------
+
+
+def is_seeds_layout(doc) -> bool:
+    """A seeds-style config: its own sections, none of a study config's own keys."""
+    if not isinstance(doc, dict) or not doc:
+        return False
+    study_only = set(cfg.schema()["properties"]) - set(LAYOUT)
+    if study_only & set(doc):
+        return False
+    model, training = doc.get("model") or {}, doc.get("training") or {}
+    return bool(
+        {"surrogate", "data"} & set(doc)
+        or (isinstance(model, dict) and "name_or_path" in model)
+        or (isinstance(training, dict) and {"loss_type", "output_dir", "num_epochs"} & set(training))
+    )
+
+
+def is_seeds_invocation(argv: list[str]) -> bool:
+    """`sdce train` arguments meant for this module: a seeds flag, or --config of a seeds file."""
+    seeds_flags = {flag for flag, _, _ in FLAGS} | {"--standard_training", "--kl_divergence", "--report_to"}
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    if given & (seeds_flags - {"--seed"}):
+        return True
+    path = _config_arg(argv)
+    if path is None or not Path(path).is_file():
+        return False
+    try:
+        return is_seeds_layout(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+    except yaml.YAMLError:
+        return False
+
+
+def _config_arg(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _check_value(where: str, value, types: tuple) -> None:
+    if value is None:
+        return
+    ok = isinstance(value, types)
+    if isinstance(value, bool) and bool not in types:
+        ok = False  # True is an int to Python, not to a config
+    if not ok:
+        names = " or ".join(TYPE_NAMES[t] for t in types)
+        raise ConfigError(f"{where}: expected {names}, got {value!r}")
+    if where in CHOICES and value not in CHOICES[where]:
+        raise ConfigError(f"{where}: '{value}' is not one of {', '.join(CHOICES[where])}")
+
+
+def read_seeds(path: str | Path | None) -> dict:
+    """The sections of a seeds-style YAML as written, every key checked (unknown: an error)."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected sections {', '.join(LAYOUT)}")
+    for section, values in doc.items():
+        if section not in LAYOUT:
+            raise ConfigError(f"{section} is not a known section (known: {', '.join(LAYOUT)})")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section}: expected a mapping of keys")
+        for key, value in values.items():
+            if key not in LAYOUT[section]:
+                raise ConfigError(f"{section}.{key} is not a known key of the seeds' {section} section")
+            if (section, key, value) == ("training", "mixed_precision", False):
+                values[key] = value = "no"  # YAML 1.1 reads an unquoted `no` as false
+            _check_value(f"{section}.{key}", value, LAYOUT[section][key][1])
+    return {s: dict(v or {}) for s, v in doc.items()}
+
+
+def resolve(written: dict, flags: dict) -> tuple[dict, set[str]]:
+    """(every seeds key with its value: flags over the file over the seeds' defaults,
+    the dotted keys set explicitly, in the file or by a flag)."""
+    seeds = {s: {k: d for k, (d, _) in keys.items()} for s, keys in LAYOUT.items()}
+    explicit = set()
+    for layer in (written, flags):
+        for section, values in layer.items():
+            for key, value in values.items():
+                if value is not None:
+                    _check_value(f"{section}.{key}", value, LAYOUT[section][key][1])
+                    seeds[section][key] = value
+                    explicit.add(f"{section}.{key}")
+    return seeds, explicit
+
+
+# --- translation into sdce's sections --------------------------------------------------------
+
+
+def translate(seeds: dict, explicit: set[str], *, processes: int = 1, no_resume: bool = False) -> dict:
+    """The plan of one standalone training: sdce's validated corpus, split, tokenizer and
+    teacher sections, the run (without the settings that need the token counts: `finalize`),
+    and how to run it. Refuses, naming the seeds key, what sdce cannot do as asked."""
+    m, s, d, t, e = (seeds[k] for k in ("model", "surrogate", "data", "training", "evaluation"))
+    warnings: list[str] = []
+    out = Path(t["output_dir"]).expanduser()
+
+    loss_type = t["loss_type"]
+    if not s["enabled"] and loss_type != "standard":
+        if "training.loss_type" in explicit:
+            raise ConfigError(
+                f"training.loss_type={loss_type} trains against the surrogate, but surrogate.enabled "
+                "is false (--no_surrogate): use loss_type standard (--standard_training) for plain "
+                "cross-entropy, or drop --no_surrogate"
+            )
+        loss_type = "standard"  # the surrogate switched off and no loss type asked for
+    if loss_type != "standard" and not s["name_or_path"]:
+        raise ConfigError(
+            f"training.loss_type={loss_type} needs surrogate.name_or_path (--surrogate_model): "
+            "the surrogate model, a folder or a name"
+        )
+
+    # model
+    if m["trust_remote_code"]:
+        raise ConfigError(
+            "model.trust_remote_code: sdce builds students with transformers' own architectures "
+            "only; the surrogate may use remote code (surrogate.trust_remote_code)"
+        )
+    if m["dtype"] not in (None, "float32"):
+        warnings.append(
+            f"model.dtype={m['dtype']} is not used: sdce keeps fp32 weights and computes in "
+            f"training.mixed_precision ({t['mixed_precision']}); set mixed_precision to "
+            f"{'bf16' if m['dtype'] == 'bfloat16' else 'fp16'} for {m['dtype']} compute"
+        )
+    model = {
+        "from_pretrained": m["name_or_path"],
+        "init_from_scratch": m["init_from_scratch"],
+        "attn_implementation": "flash_attention_2" if m["use_flash_attention"] else "sdpa",
+    }
+
+    # training
+    backend = _backend(t)
+    if t["lr_scheduler_type"] not in SCHEDULERS:
+        raise ConfigError(
+            f"training.lr_scheduler_type: '{t['lr_scheduler_type']}' is not supported "
+            f"(sdce: {', '.join(SCHEDULERS)})"
+        )
+    per_device, accum = t["per_device_train_batch_size"], t["gradient_accumulation_steps"]
+    xla = resolve_backend(backend) == "xla"  # the device count is known inside its processes only
+    training = {
+        "batch_size": per_device * accum * processes,
+        "micro_batch_size": None if xla else per_device,  # XLA: the batch split over the devices
+        "block_size": d["max_seq_length"],
+        "learning_rate": t["learning_rate"],
+        "min_lr_ratio": 0.0,  # transformers' cosine and linear schedules end at 0
+        "lr_scheduler": t["lr_scheduler_type"],
+        "weight_decay": t["weight_decay"],
+        "beta2": 0.999,  # the seeds name no betas: torch's and transformers' AdamW default
+        "grad_clip": t["max_grad_norm"],
+        "precision": PRECISIONS[t["mixed_precision"]],
+        "gradient_checkpointing": m["gradient_checkpointing"],
+        "z_loss": t["z_loss_multiplier"] if t["use_z_loss"] else 0.0,
+        "tracking": _tracking(t),
+    }
+    trackers.check(training["tracking"])  # a selected tracker's package, before any data work
+    for seeds_key, key in (
+        ("logging_steps", "log_interval"),
+        ("eval_steps", "eval_interval"),
+        ("save_steps", "checkpoint_interval"),
+        ("save_total_limit", "save_total_limit"),
+    ):
+        if t[seeds_key] is not None:  # else sdce's default (config/README.md)
+            training[key] = t[seeds_key]
+    if t["local_rank"] not in (None, -1):
+        warnings.append("training.local_rank is not used: sdce starts its processes itself (--processes N)")
+    if t["tpu_metrics_debug"]:
+        warnings.append("training.tpu_metrics_debug is not used: summary.json records XLA compilations")
+
+    # guidance and the surrogate
+    guidance, teacher = _guidance(loss_type, s), None
+    if loss_type != "standard":
+        teacher = cfg.validate(
+            {
+                "name_or_path": s["name_or_path"],
+                "trust_remote_code": s["trust_remote_code"],
+                **({"dtype": s["dtype"]} if s["dtype"] else {}),
+            },
+            "teacher",
+            where="surrogate",
+        )
+
+    if e["enabled"]:
+        tasks = e["tasks"] if isinstance(e["tasks"], str) else ", ".join(e["tasks"] or []) or "none listed"
+        warnings.append(
+            f"evaluation.enabled: lm-evaluation-harness tasks ({tasks}) are not run by sdce train; "
+            "the validation loss is evaluated every training.eval_steps, and `sdce evaluate "
+            "--model OUTPUT_DIR/model ...` scores minimal pairs (BLiMP, the BabyLM suite)"
+        )
+
+    resume_from = _resume_point(t["resume_from_checkpoint"], out)
+    corpus, eval_corpus, split = _data(d, warnings)
+    return {
+        "output_dir": str(out),
+        "name": t["wandb_run_name"] or out.resolve().name,
+        "seed": t["seed"],
+        "loss_type": loss_type,
+        "corpus": corpus,
+        "eval_corpus": eval_corpus,
+        "split": split,
+        "student": m["name_or_path"],
+        "teacher": teacher,
+        "run": {"model": model, "training": training, "guidance": guidance},
+        "epochs": t["num_epochs"],
+        "warmup_ratio": t["warmup_ratio"],
+        "warmup_steps": t["warmup_steps"],
+        "processes": processes,
+        "backend": backend,
+        "resume": not no_resume,
+        "resume_from": resume_from,
+        "warnings": warnings,
+        "seeds": seeds,
+    }
+
+
+def _backend(t: dict) -> str:
+    import torch
+
+    device, tpu = t["device"], "--backend xla (device: tpu) on one TPU VM, or profiles/tpu for a pod"
+    if t["tpu_cores"] is not None or t["tpu_num_hosts"] is not None:
+        raise ConfigError(
+            "training.tpu_cores / tpu_num_hosts: torch_xla uses every local TPU core and the hosts "
+            f"of a pod join through PJRT; remove them and use {tpu} (README, TPU VM pods)"
+        )
+    if not t["tpu_use_pjrt"]:
+        raise ConfigError("training.tpu_use_pjrt: false: sdce runs XLA through PJRT only; remove it")
+    if device == "mps":
+        raise ConfigError("training.device: mps is not supported by sdce (cuda, cpu or tpu; auto picks)")
+    if device == "tpu":
+        return "xla"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "training.device: cuda, but no CUDA device is visible here (auto or cpu trains here)"
+        )
+    if device == "cpu" and torch.cuda.is_available():
+        raise ConfigError(
+            "training.device: cpu on a machine with CUDA: sdce trains on the devices it is given; "
+            "hide the GPUs with CUDA_VISIBLE_DEVICES= to train on the CPU"
+        )
+    return "auto" if device == "auto" else "accelerate"
+
+
+def _tracking(t: dict) -> dict:
+    report_to = t["report_to"]
+    wanted = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    wanted = [w for w in wanted if w != "none"]
+    for w in wanted:
+        if w not in TRACKERS:
+            raise ConfigError(
+                f"training.report_to: '{w}' is not supported (sdce: {', '.join(TRACKERS)}, none)"
+            )
+    if t["wandb_project"] and "wandb" not in wanted:
+        wanted.append("wandb")  # the seeds logged to W&B when a project was named
+    return {
+        "trackers": wanted,
+        "project": t["wandb_project"],
+        "run_name": t["wandb_run_name"],
+        "entity": t["wandb_entity"],
+    }
+
+
+def _guidance(loss_type: str, s: dict) -> dict:
+    if loss_type == "standard":
+        return {"objective": "ce"}
+    for key in ("loss_weight_initial", "loss_weight_final"):
+        if not 0 <= s[key] <= 1:
+            raise ConfigError(f"surrogate.{key}={s[key]}: sdce's guidance weights lie in [0, 1]")
+    common = {
+        "schedule": "cosine",  # from loss_weight_initial to loss_weight_final over the whole run
+        "schedule_steps": None,
+        "initial_weight": s["loss_weight_initial"],
+        "min_weight": s["loss_weight_final"],
+        "teacher": "surrogate",
+        "teacher_source": "online",
+    }
+    if loss_type == "kl":
+        # CE + KL: sdce's kl at alpha 0.5, T = 1, the full shared vocabulary (see README)
+        kl = {"alpha": 0.5, "temperature": 1.0, "top_k": None, "probability_threshold": 0.0}
+        return {"objective": "kl", **common, "kl": kl}
+    if not s["use_perplexity_weighting"]:
+        raise ConfigError(
+            "surrogate.use_perplexity_weighting: false (unweighted top-k tokens) has no sdce "
+            "equivalent; sdce weights them by softmax(-perplexity) (true) or by teacher probability"
+        )
+    surrogate = {
+        "top_k": s["k"],
+        "probability_threshold": s["probability_threshold"],
+        "weighting": "inverse_perplexity",  # w = softmax(-perplexity) = softmax(-1/q), as the seeds
+    }
+    return {"objective": "surrogate", **common, "surrogate": surrogate}
+
+
+def _data(d: dict, warnings: list[str]) -> tuple[dict, dict | None, dict]:
+    """(training corpus, evaluation corpus or None, the split used when there is none)."""
+    column = d["text_column"]
+    split = cfg.validate(
+        {"validation_fraction": d["eval_split_ratio"], "shuffle": True, "seed": d["eval_split_seed"]},
+        "properties/split",
+        where="split",
+    )
+    if d["preprocessing_num_workers"] is not None:
+        warnings.append(
+            "data.preprocessing_num_workers is not used: the Rust tokenizer encodes in batches on every core"
+        )
+
+    def files(key: str) -> dict:
+        path = Path(d[key]).expanduser()
+        if path.suffix not in ("", ".txt", ".json", ".jsonl"):
+            raise ConfigError(
+                f"data.{key}: {path.name}: sdce reads .txt (one document per line), .json and .jsonl "
+                f"files (text column data.text_column) or a folder of them; convert {path.suffix} files"
+            )
+        return {"source": "files", "path": str(path), "text_column": column}
+
+    def hf(split_name: str) -> dict:
+        return {
+            "source": "hf",
+            "hf_name": d["dataset_name"],
+            "hf_config": d["dataset_config"],
+            "hf_split": split_name,
+            "text_column": column,
+        }
+
+    if d["train_file"]:
+        train = files("train_file")
+        evals = files("eval_file") if d["eval_file"] else None
+    else:
+        train = hf(d["dataset_split"])
+        evals = files("eval_file") if d["eval_file"] else None
+        if evals is None and d["eval_split"]:
+            splits = _saved_splits(d["dataset_name"])
+            if splits is not None and d["dataset_split"] not in splits and splits != ["*"]:
+                raise ConfigError(
+                    f"data.dataset_split: {d['dataset_name']} has no split '{d['dataset_split']}' "
+                    f"(has: {', '.join(splits)})"
+                )
+            if splits is None or d["eval_split"] in splits:
+                evals = hf(d["eval_split"])  # on the hub: tried, and split instead if it is missing
+            else:
+                warnings.append(_no_eval_split(d))
+    valid = lambda spec: cfg.validate(spec, "properties/corpus", where="corpus")  # noqa: E731
+    return valid(train), valid(evals) if evals else None, split
+
+
+def _saved_splits(name: str) -> list[str] | None:
+    """The splits of a `save_to_disk` folder (["*"]: a single dataset); None for a hub name."""
+    local = Path(name).expanduser()
+    if (local / "dataset_dict.json").is_file():
+        return list(json.loads((local / "dataset_dict.json").read_text())["splits"])
+    if (local / "dataset_info.json").is_file() or (local / "state.json").is_file():
+        return ["*"]
+    return None
+
+
+def _no_eval_split(d: dict) -> str:
+    return (
+        f"data.eval_split: {d['dataset_name']} has no split '{d['eval_split']}'; holding out "
+        f"data.eval_split_ratio={d['eval_split_ratio']} of the training documents "
+        f"(seed data.eval_split_seed={d['eval_split_seed']})"
+    )
+
+
+def _resume_point(value, out: Path) -> str | None:
+    """The checkpoint folder `resume_from_checkpoint` names (None: sdce's own, the newest
+    checkpoint of this output_dir written with the same settings, if any)."""
+    from sdce import checkpoint as ckpt
+
+    if value is None or isinstance(value, bool) or str(value).lower() in ("true", "false", "latest"):
+        return None
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ConfigError(f"training.resume_from_checkpoint: {path} does not exist")
+    if (path / ckpt.STATE).is_file():
+        return str(path)
+    for root in (path / "work" / "checkpoints", path):
+        found = ckpt.list_checkpoints(root)
+        if found:
+            return str(found[-1])
+    if (path / "trainer_state.json").exists() or (path / "optimizer.pt").exists():
+        raise ConfigError(
+            f"training.resume_from_checkpoint: {path} is a transformers Trainer checkpoint, which "
+            "sdce cannot resume (its optimizer and data order differ); start from its weights "
+            "with model.name_or_path instead"
+        )
+    raise ConfigError(
+        f"training.resume_from_checkpoint: {path} holds no sdce checkpoint (a step_N folder with "
+        f"{ckpt.STATE}, or a run folder with work/checkpoints/)"
+    )
+
+
+def finalize(plan: dict, train_tokens: int, val_tokens: int) -> tuple[dict, dict]:
+    """(the validated run, the numbers of the steps formula) once the shards are encoded."""
+    run = copy.deepcopy(plan["run"])
+    training = run["training"]
+    block, batch = training["block_size"], training["batch_size"]
+    windows = train_tokens // block
+    if windows < 1 or train_tokens <= block + 1:
+        raise ConfigError(
+            f"data: the training text has {train_tokens} tokens, fewer than one window of "
+            f"data.max_seq_length={block} (+1)"
+        )
+    if val_tokens <= block:
+        raise ConfigError(
+            f"data: the evaluation text has {val_tokens} tokens, not one window of "
+            f"data.max_seq_length={block}: raise data.eval_split_ratio or give more evaluation text"
+        )
+    steps = max(1, math.ceil(plan["epochs"] * windows / batch))
+    warmup = plan["warmup_steps"]
+    if warmup is None:
+        warmup = math.ceil(plan["warmup_ratio"] * steps)
+    training.update(steps=steps, warmup_steps=min(warmup, steps), eval_tokens=val_tokens)
+    formula = {
+        "train_tokens": train_tokens,
+        "windows_per_epoch": windows,
+        "global_batch": batch,
+        "epochs": plan["epochs"],
+        "steps": steps,
+        "warmup_steps": training["warmup_steps"],
+    }
+    return cfg.validate(run, "run", where="run"), formula
+
+
+# --- the stages ----------------------------------------------------------------------------------
+
+
+class _Stages:
+    """Which stages of an output_dir are up to date (their key: the inputs' hash)."""
+
+    def __init__(self, root: Path):
+        from sdce.io import read_json
+
+        self.file = root / "data" / "stages.json"
+        self.done = read_json(self.file) if self.file.exists() else {}
+
+    def fresh(self, name: str, key: str, *outputs: Path) -> bool:
+        return self.done.get(name) == key and all(Path(o).exists() for o in outputs)
+
+    def mark(self, name: str, key: str) -> None:
+        from sdce.io import write_json
+
+        self.done[name] = key
+        write_json(self.file, self.done)
+
+
+def _identity(spec: dict | None):
+    """What a corpus spec reads: local files by name, size and time; hub names as they are."""
+    if spec is None:
+        return None
+    where = spec.get("path") or spec.get("hf_name")
+    path = Path(where).expanduser()
+    if not path.exists():
+        return spec
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [spec, [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]]
+
+
+def prepare(plan: dict, log=print) -> dict:
+    """Documents, tokenizer, shards and the surrogate's descriptor under output_dir (each
+    skipped when up to date); their paths."""
+    from sdce.data.corpus import read_documents, write_documents
+    from sdce.data.shards import encode_documents
+    from sdce.data.tokenizer import load as load_tokenizer
+    from sdce.io import stable_hash
+
+    out = Path(plan["output_dir"])
+    data, shards, tok_dir = out / "data", out / "shards", out / "tokenizer"
+    paths = {
+        "train_shard": shards / "train.bin",
+        "val_shard": shards / "validation.bin",
+        "tokenizer": tok_dir,
+        "teacher": out / "teacher.json" if plan["teacher"] else None,
+    }
+    stages = _Stages(out)
+
+    key = stable_hash([_identity(plan["corpus"]), _identity(plan["eval_corpus"]), plan["split"]])
+    if not stages.fresh("documents", key, data / "train.jsonl", data / "validation.jsonl"):
+        train, val = _documents(plan, data, log)
+        write_documents(data / "train.jsonl", train)
+        write_documents(data / "validation.jsonl", val)
+        stages.mark("documents", key)
+        log(f"documents: {len(train)} train / {len(val)} validation")
+
+    key = stable_hash([key, _identity({"path": plan["student"]}) if plan["student"] else None])
+    if not stages.fresh("tokenizer", key, tok_dir):
+        _student_tokenizer(plan["student"], tok_dir)
+        stages.mark("tokenizer", key)
+    _check_positions(plan)
+
+    if not stages.fresh("shards", key, paths["train_shard"], paths["val_shard"]):
+        tokenizer = load_tokenizer(tok_dir)
+        for split in ("train", "validation"):
+            meta = encode_documents(
+                tokenizer, read_documents(data / f"{split}.jsonl"), shards / f"{split}.bin", tok_dir
+            )
+            log(f"encode: {split} {meta['tokens']:,} tokens")
+        stages.mark("shards", key)
+
+    if plan["teacher"]:
+        from sdce.teachers.surrogate import describe_teacher
+
+        spec = plan["teacher"]
+        tkey = stable_hash([key, spec, _identity({"path": spec["name_or_path"]})])
+        if not stages.fresh("teacher", tkey, paths["teacher"]):
+            desc = describe_teacher(spec, "surrogate", spec["name_or_path"], tok_dir, paths["teacher"])
+            a = desc["alignment"]
+            log(
+                f"surrogate {spec['name_or_path']}: {a['intersection']} shared tokens = "
+                f"{a['teacher_coverage']:.1%} of its vocabulary, {a['student_coverage']:.1%} of the student's"
+            )
+            stages.mark("teacher", tkey)
+    return paths
+
+
+def _documents(plan: dict, data: Path, log) -> tuple[list[dict], list[dict]]:
+    """(training, validation documents): the evaluation corpus, or a split of the training one."""
+    from sdce.data.corpus import build_corpus, read_documents
+    from sdce.data.split import split_documents
+
+    docs_path = data / "corpus.jsonl"
+    build_corpus(plan["corpus"], docs_path, data / "corpus.stats.json")
+    docs, val = read_documents(docs_path), None
+    evals = plan["eval_corpus"]
+    if evals is not None:
+        try:
+            build_corpus(evals, data / "eval_corpus.jsonl", data / "eval_corpus.stats.json")
+            val = read_documents(data / "eval_corpus.jsonl")
+        except (KeyError, ValueError) as e:  # a hub dataset without the evaluation split
+            if evals["source"] != "hf" or evals["hf_split"] not in str(e):
+                raise
+            d = plan["seeds"]["data"]
+            log(f"warning: {_no_eval_split(d)}")
+    if val is None:
+        return split_documents(docs, plan["split"])
+    return docs, val
+
+
+def _student_tokenizer(name: str, out: Path) -> None:
+    """The tokenizer of model.name_or_path (a folder, or a name transformers can load)."""
+    from sdce.data.tokenizer import build_tokenizer
+
+    if Path(name).expanduser().exists():
+        build_tokenizer(cfg.validate({"kind": "pretrained", "path": name}, "tokenizer"), (), out)
+        return
+    from transformers import AutoTokenizer
+
+    from sdce.io import atomic_dir
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except OSError as e:
+        raise ConfigError(
+            f"model.name_or_path: {name} is neither a folder nor a model transformers can load here: {e}"
+        ) from None
+    if tok.eos_token_id is None:
+        raise ConfigError(f"model.name_or_path: the tokenizer of {name} has no eos token")
+    with atomic_dir(out) as tmp:
+        tok.save_pretrained(str(tmp))
+
+
+def _check_positions(plan: dict) -> None:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(plan["student"])
+    except (OSError, ValueError):
+        return  # from_pretrained says what is wrong when training starts
+    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    block = plan["run"]["training"]["block_size"]
+    if positions and block > positions:
+        raise ConfigError(
+            f"data.max_seq_length={block} is longer than {plan['student']} takes ({positions} positions)"
+        )
+
+
+def run(
+    plan: dict, *, threads: int = 1, progress: bool = True, stop_after: int | None = None, log=print
+) -> dict:
+    """Prepare the data, then train with `sdce.train.train`; the run's summary."""
+    from sdce.data.shards import sidecar
+    from sdce.io import read_json, write_json
+    from sdce.train import train
+
+    paths = prepare(plan, log)
+    train_meta, val_meta = (read_json(sidecar(paths[k])) for k in ("train_shard", "val_shard"))
+    settings, formula = finalize(plan, train_meta["tokens"], val_meta["tokens"])
+    out = Path(plan["output_dir"])
+    write_json(
+        out / "sdce.json",
+        {
+            "seeds": plan["seeds"],
+            "run": settings,
+            "corpus": plan["corpus"],
+            "eval_corpus": plan["eval_corpus"],
+            "split": plan["split"] if plan["eval_corpus"] is None else None,
+            "teacher": plan["teacher"],
+            "steps": formula,
+        },
+    )
+    block = settings["training"]["block_size"]
+    log(
+        f"train: {plan['loss_type']} loss, {formula['epochs']} epoch(s) of {formula['windows_per_epoch']:,} "
+        f"windows = {formula['steps']} steps of {formula['global_batch']} x {block} tokens "
+        f"({formula['warmup_steps']} warmup) -> {out}"
+    )
+    return train(
+        settings,
+        name=plan["name"],
+        train_shard=str(paths["train_shard"]),
+        val_shard=str(paths["val_shard"]),
+        tokenizer_dir=str(paths["tokenizer"]),
+        out_dir=str(out),
+        seed=plan["seed"],
+        teacher_path=str(paths["teacher"]) if paths["teacher"] else None,
+        threads=threads,
+        resume=plan["resume"],
+        progress=progress,
+        stop_after=stop_after,
+        processes=plan["processes"],
+        backend=plan["backend"],
+        resume_from=plan["resume_from"],
+    )
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+_TRUE = {"action": "store_const", "const": True, "default": None}
+# the seeds' flags: (flag, the seeds key it sets, argparse settings)
+FLAGS = [
+    ("--base_model", "model.name_or_path", {}),
+    ("--model_dtype", "model.dtype", {"choices": DTYPES}),
+    ("--gradient_checkpointing", "model.gradient_checkpointing", _TRUE),
+    ("--trust_remote_code", "model.trust_remote_code", _TRUE),
+    ("--init_from_scratch", "model.init_from_scratch", _TRUE),
+    ("--surrogate_model", "surrogate.name_or_path", {}),
+    ("--surrogate_k", "surrogate.k", {"type": int}),
+    ("--probability_threshold", "surrogate.probability_threshold", {"type": float}),
+    ("--surrogate_dtype", "surrogate.dtype", {"choices": DTYPES}),
+    ("--no_surrogate", "surrogate.enabled", {"action": "store_const", "const": False, "default": None}),
+    ("--surrogate_loss_weight_initial", "surrogate.loss_weight_initial", {"type": float}),
+    ("--surrogate_loss_weight_final", "surrogate.loss_weight_final", {"type": float}),
+    ("--dataset", "data.dataset_name", {}),
+    ("--dataset_config", "data.dataset_config", {}),
+    ("--train_file", "data.train_file", {}),
+    ("--eval_file", "data.eval_file", {}),
+    ("--text_column", "data.text_column", {}),
+    ("--max_seq_length", "data.max_seq_length", {"type": int}),
+    ("--eval_split_ratio", "data.eval_split_ratio", {"type": float}),
+    ("--output_dir", "training.output_dir", {}),
+    ("--num_epochs", "training.num_epochs", {"type": float}),
+    ("--batch_size", "training.per_device_train_batch_size", {"type": int}),
+    ("--gradient_accumulation_steps", "training.gradient_accumulation_steps", {"type": int}),
+    ("--learning_rate", "training.learning_rate", {"type": float}),
+    ("--weight_decay", "training.weight_decay", {"type": float}),
+    ("--warmup_ratio", "training.warmup_ratio", {"type": float}),
+    ("--max_grad_norm", "training.max_grad_norm", {"type": float}),
+    ("--seed", "training.seed", {"type": int}),
+    ("--mixed_precision", "training.mixed_precision", {"choices": tuple(PRECISIONS)}),
+    ("--use_z_loss", "training.use_z_loss", _TRUE),
+    ("--loss_type", "training.loss_type", {"choices": LOSS_TYPES}),
+    ("--logging_steps", "training.logging_steps", {"type": int}),
+    ("--eval_steps", "training.eval_steps", {"type": int}),
+    ("--save_steps", "training.save_steps", {"type": int}),
+    ("--wandb_project", "training.wandb_project", {}),
+    ("--wandb_run_name", "training.wandb_run_name", {}),
+    ("--resume_from_checkpoint", "training.resume_from_checkpoint", {}),
+    ("--device", "training.device", {"choices": DEVICES}),
+    ("--tpu_cores", "training.tpu_cores", {"type": int}),
+    ("--tpu_num_hosts", "training.tpu_num_hosts", {"type": int}),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sdce train",
+        description="One training from the seeds' configuration (sections model, surrogate, data, "
+        "training, evaluation); flags override the file. See README, 'Standalone training'.",
+    )
+    p.add_argument("--config", help="the seeds-style YAML")
+    for flag, key, kwargs in FLAGS:
+        metavar = None if "action" in kwargs or "choices" in kwargs else key.split(".")[1].upper()
+        p.add_argument(flag, dest=key, metavar=metavar, help=f"sets {key}", **kwargs)
+    p.add_argument("--standard_training", action="store_true", help="= --loss_type standard")
+    p.add_argument("--kl_divergence", action="store_true", help="= --loss_type kl")
+    p.add_argument(
+        "--report_to", dest="training.report_to", nargs="+", help="experiment trackers: tensorboard, wandb"
+    )
+    sdce_group = p.add_argument_group("sdce's own")
+    sdce_group.add_argument("--threads", type=int, default=1, help="CPU threads")
+    sdce_group.add_argument("--processes", type=int, default=1, help="training processes here (DDP)")
+    sdce_group.add_argument("--no-resume", action="store_true", help="ignore output_dir's checkpoints")
+    sdce_group.add_argument("--no-progress", action="store_true")
+    sdce_group.add_argument("--stop-after", type=int, help="stop after this step's checkpoint")
+    return p
+
+
+def flag_overrides(args: argparse.Namespace) -> dict:
+    """The seeds keys the flags set, as {section: {key: value}}."""
+    out: dict[str, dict] = {}
+    for _, key, _ in FLAGS:
+        value = getattr(args, key)
+        if value is not None:
+            section, name = key.split(".")
+            out.setdefault(section, {})[name] = value
+    report_to = getattr(args, "training.report_to")
+    if report_to is not None:
+        out.setdefault("training", {})["report_to"] = report_to
+    asked = [lt for lt, on in (("standard", args.standard_training), ("kl", args.kl_divergence)) if on]
+    if getattr(args, "training.loss_type") is not None:
+        asked.append(getattr(args, "training.loss_type"))
+    if len(set(asked)) > 1:
+        raise ConfigError(
+            f"--standard_training, --kl_divergence and --loss_type disagree: {', '.join(asked)}; give one"
+        )
+    if asked:
+        out.setdefault("training", {})["loss_type"] = asked[0]
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    try:
+        seeds, explicit = resolve(read_seeds(args.config), flag_overrides(args))
+        plan = translate(seeds, explicit, processes=args.processes, no_resume=args.no_resume)
+        for warning in plan["warnings"]:
+            print(f"sdce train: warning: {warning}", file=sys.stderr)
+        summary = run(plan, threads=args.threads, progress=not args.no_progress, stop_after=args.stop_after)
+    except ValueError as e:  # name the seeds' keys beside sdce's
+        e.args = (in_seeds_terms(str(e)), *e.args[1:])
+        raise
+    print(json.dumps(summary, sort_keys=True))

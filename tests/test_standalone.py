@@ -1,0 +1,415 @@
+"""`sdce train --config FILE` with the seeds' configuration layout and flags (sdce.standalone):
+the translation into sdce's sections, refusals that name the seeds key, and real runs of
+tiny pretrained students with a surrogate on another tokenizer."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from sdce import cli, standalone
+from sdce import config as cfg
+from sdce.model import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tiny pretrained GPT-2 student with its BPE, a tiny surrogate GPT-2 with another BPE,
+    a text file of 40 documents and the same text as a saved datasets.DatasetDict."""
+    import datasets
+
+    from sdce.data.synthetic import generate_documents
+    from sdce.data.tokenizer import train_bpe
+
+    root = tmp_path_factory.mktemp("seeds")
+    texts = generate_documents(40, 7)
+    (root / "train.txt").write_text("\n".join(texts) + "\n")
+    tiny = cfg.validate({"n_layer": 1, "n_embd": 32, "n_head": 2}, "model")
+    student_tok = train_bpe(texts, 300, 2)
+    student = build_model(tiny, student_tok, 64, seed=0)
+    student.save_pretrained(root / "student")
+    student_tok.save_pretrained(root / "student")
+    surrogate_tok = train_bpe(texts, 270, 3)  # another vocabulary: realigned, mapped ids
+    surrogate = build_model(tiny, surrogate_tok, 128, seed=1)
+    with torch.no_grad():  # sharper than a fresh init: some tokens pass the 0.02 threshold
+        surrogate.lm_head.weight.mul_(8.0)
+    surrogate.save_pretrained(root / "surrogate")
+    surrogate_tok.save_pretrained(root / "surrogate")
+    splits = {"train": texts[:36], "validation": texts[36:]}
+    datasets.DatasetDict(
+        {k: datasets.Dataset.from_dict({"text": v}) for k, v in splits.items()}
+    ).save_to_disk(str(root / "saved"))
+    return root
+
+
+def seeds_config(assets, out, **changes) -> dict:
+    """Every key of the seeds' layout, as their train.py's dataclasses name them; `changes`
+    as {"section.key": value}."""
+    doc = {
+        "model": {
+            "name_or_path": str(assets / "student"),
+            "dtype": "float32",
+            "use_flash_attention": False,
+            "gradient_checkpointing": False,
+            "trust_remote_code": False,
+            "init_from_scratch": False,
+        },
+        "surrogate": {
+            "name_or_path": str(assets / "surrogate"),
+            "dtype": "float32",
+            "k": 8,
+            "probability_threshold": 0.02,
+            "enabled": True,
+            "trust_remote_code": False,
+            "loss_weight_initial": 1.0,
+            "loss_weight_final": 0.0,
+            "use_perplexity_weighting": True,
+        },
+        "data": {
+            "dataset_name": "wikitext",
+            "dataset_config": "wikitext-2-raw-v1",
+            "dataset_split": "train",
+            "eval_split": "validation",
+            "text_column": "text",
+            "max_seq_length": 1024,  # longer than the student takes: the tests pass --max_seq_length 32
+            "preprocessing_num_workers": None,
+            "train_file": str(assets / "train.txt"),
+            "eval_file": None,
+            "eval_split_ratio": 0.1,
+            "eval_split_seed": 42,
+        },
+        "training": {
+            "output_dir": str(out),
+            "num_epochs": 3,
+            "per_device_train_batch_size": 4,
+            "per_device_eval_batch_size": 4,
+            "gradient_accumulation_steps": 2,
+            "learning_rate": 0.001,
+            "weight_decay": 0.01,
+            "warmup_ratio": 0.1,
+            "warmup_steps": None,
+            "max_grad_norm": 1.0,
+            "lr_scheduler_type": "cosine",
+            "loss_type": "surrogate",
+            "device": "auto",
+            "tpu_cores": None,
+            "tpu_num_hosts": None,
+            "tpu_metrics_debug": False,
+            "tpu_use_pjrt": True,
+            "mixed_precision": "no",
+            "logging_steps": 4,
+            "eval_steps": 8,
+            "save_steps": 8,
+            "save_total_limit": 3,
+            "use_z_loss": False,
+            "z_loss_multiplier": 1e-4,
+            "local_rank": -1,
+            "seed": 42,
+            "resume_from_checkpoint": None,
+            "wandb_project": None,
+            "wandb_run_name": None,
+            "wandb_entity": None,
+        },
+        "evaluation": {
+            "enabled": False,
+            "eval_interval": 500,
+            "tasks": ["hellaswag", "arc_easy"],
+            "num_fewshot": 0,
+            "batch_size": 8,
+            "limit": None,
+            "log_individual_tasks": True,
+            "log_aggregate_score": True,
+        },
+    }
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        doc.setdefault(section, {})[key] = value
+    return doc
+
+
+def write_config(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def plan_of(path: Path, *flags: str) -> dict:
+    """What `sdce train --config path flags` would run (the translation only)."""
+    args = standalone.build_parser().parse_args(["--config", str(path), *flags])
+    seeds, explicit = standalone.resolve(standalone.read_seeds(args.config), standalone.flag_overrides(args))
+    return standalone.translate(seeds, explicit, processes=args.processes)
+
+
+def sdce_train(capsys, *args) -> tuple[int, str, str]:
+    rc = cli.main(["train", *map(str, args)])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def records(out: Path, kind: str = "train") -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_seeds_layout_and_flags_translate_to_sdce_sections(assets, tmp_path):
+    path = write_config(tmp_path / "seeds.yaml", seeds_config(assets, tmp_path / "out"))
+    plan = plan_of(path, "--max_seq_length", "32", "--surrogate_k", "5", "--learning_rate", "3e-4")
+    run, tr, g = plan["run"], plan["run"]["training"], plan["run"]["guidance"]
+    assert run["model"] == {
+        "from_pretrained": str(assets / "student"),
+        "init_from_scratch": False,
+        "attn_implementation": "sdpa",
+    }
+    assert (tr["block_size"], tr["learning_rate"]) == (32, 3e-4)  # flags over the file
+    assert (tr["batch_size"], tr["micro_batch_size"]) == (8, 4)  # per device x accumulation
+    assert (tr["min_lr_ratio"], tr["lr_scheduler"], tr["precision"]) == (0.0, "cosine", "fp32")
+    assert (tr["log_interval"], tr["eval_interval"], tr["checkpoint_interval"]) == (4, 8, 8)
+    assert g["objective"] == "surrogate" and g["teacher_source"] == "online"
+    assert g["surrogate"] == {"top_k": 5, "probability_threshold": 0.02, "weighting": "inverse_perplexity"}
+    assert (g["schedule"], g["schedule_steps"], g["initial_weight"], g["min_weight"]) == (
+        "cosine",
+        None,
+        1.0,
+        0.0,
+    )
+    assert plan["teacher"]["name_or_path"] == str(assets / "surrogate")
+    assert plan["corpus"]["source"] == "files" and plan["eval_corpus"] is None
+    assert plan["split"]["validation_fraction"] == 0.1 and plan["split"]["seed"] == 42
+    assert plan["seed"] == 42 and plan["backend"] == "auto" and plan["warnings"] == []
+
+    # steps = ceil(epochs * floor(tokens / block) / global batch); warmup = ceil(ratio * steps)
+    settings, formula = standalone.finalize(plan, train_tokens=10_000, val_tokens=900)
+    assert formula["windows_per_epoch"] == 312
+    assert settings["training"]["steps"] == 117 == -(-3 * 312 // 8)
+    assert settings["training"]["warmup_steps"] == 12
+    assert settings["training"]["eval_tokens"] == 900
+
+    kl = plan_of(path, "--kl_divergence")["run"]["guidance"]
+    assert kl["objective"] == "kl" and kl["kl"] == {
+        "alpha": 0.5,
+        "temperature": 1.0,
+        "top_k": None,
+        "probability_threshold": 0.0,
+    }
+    standard = plan_of(path, "--standard_training")
+    assert standard["run"]["guidance"] == {"objective": "ce"} and standard["teacher"] is None
+    # --no_surrogate where the file names no loss type: plain cross-entropy
+    no_type = seeds_config(assets, tmp_path / "out")
+    del no_type["training"]["loss_type"]
+    assert plan_of(write_config(tmp_path / "nt.yaml", no_type), "--no_surrogate")["loss_type"] == "standard"
+    scratch = plan_of(path, "--init_from_scratch", "--use_z_loss", "--mixed_precision", "bf16")
+    assert scratch["run"]["model"]["init_from_scratch"] is True
+    assert scratch["run"]["training"]["z_loss"] == 1e-4 and scratch["run"]["training"]["precision"] == "bf16"
+
+    # the evaluation split of a saved dataset, or a held-out fraction when it has none
+    hf = seeds_config(
+        assets, tmp_path / "out", **{"data.train_file": None, "data.dataset_name": str(assets / "saved")}
+    )
+    plan = plan_of(write_config(tmp_path / "hf.yaml", hf))
+    assert plan["corpus"]["hf_split"] == "train" and plan["eval_corpus"]["hf_split"] == "validation"
+    hf["data"]["eval_split"] = "test"
+    plan = plan_of(write_config(tmp_path / "hf.yaml", hf))
+    assert plan["eval_corpus"] is None and "has no split 'test'" in plan["warnings"][0]
+
+
+def test_init_from_scratch_keeps_the_architecture_with_fresh_weights(assets):
+    from sdce.data.tokenizer import load
+
+    tok = load(assets / "student")
+    spec = {"from_pretrained": str(assets / "student")}
+    pretrained = build_model(cfg.validate(spec, "model"), tok, 32, seed=3)
+    scratch = build_model(cfg.validate({**spec, "init_from_scratch": True}, "model"), tok, 32, seed=3)
+    again = build_model(cfg.validate({**spec, "init_from_scratch": True}, "model"), tok, 32, seed=3)
+    assert scratch.config.to_dict()["n_embd"] == pretrained.config.n_embd
+    a, b, c = (m.state_dict() for m in (pretrained, scratch, again))
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    assert not torch.equal(a["transformer.h.0.mlp.c_fc.weight"], b["transformer.h.0.mlp.c_fc.weight"])
+    assert all(torch.equal(b[k], c[k]) for k in b)  # under the seed
+
+
+@pytest.mark.parametrize(
+    ("changes", "flags", "message"),
+    [
+        ({"training.lr": 0.1}, [], "training.lr is not a known key"),
+        ({"optimizer.name": "adam"}, [], "optimizer is not a known section"),
+        ({"surrogate.k": "30"}, [], "surrogate.k: expected an integer"),
+        ({}, ["--no_surrogate"], "training.loss_type=surrogate trains against the surrogate"),
+        ({"training.device": "mps"}, [], "training.device: mps is not supported"),
+        ({"training.tpu_cores": 8}, [], "training.tpu_cores / tpu_num_hosts"),
+        ({"training.lr_scheduler_type": "polynomial"}, [], "training.lr_scheduler_type: 'polynomial'"),
+        ({"surrogate.loss_weight_initial": 2.0}, [], "surrogate.loss_weight_initial=2.0"),
+        ({"surrogate.use_perplexity_weighting": False}, [], "surrogate.use_perplexity_weighting"),
+        ({"model.trust_remote_code": True}, [], "model.trust_remote_code"),
+        ({"data.train_file": "train.csv"}, [], "data.train_file: train.csv"),
+        ({"surrogate.name_or_path": None}, [], "needs surrogate.name_or_path"),
+        ({}, ["--standard_training", "--kl_divergence"], "disagree"),
+        ({"training.resume_from_checkpoint": "missing"}, [], "training.resume_from_checkpoint"),
+        ({"training.report_to": ["comet"]}, [], "training.report_to: 'comet'"),
+    ],
+)
+def test_bad_seeds_settings_are_refused_naming_the_key(assets, tmp_path, capsys, changes, flags, message):
+    path = write_config(tmp_path / "seeds.yaml", seeds_config(assets, tmp_path / "out", **changes))
+    rc, _, err = sdce_train(capsys, "--config", path, *flags)
+    assert rc == 2 and message in err, err
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_sdce_errors_name_the_seeds_key_too():
+    msg = standalone.in_seeds_terms("run.training.block_size: 1 is less than the minimum of 2")
+    assert msg.endswith("(training.block_size is the seeds' data.max_seq_length)")
+
+
+def test_study_configs_still_train_as_a_study_run(assets, tmp_path, capsys):
+    seeds = write_config(tmp_path / "seeds.yaml", seeds_config(assets, tmp_path / "out"))
+    study = ["--config", str(REPO / "tests" / "configs" / "tiny.yaml"), "--name", "baseline", "--seed", "1"]
+    assert not standalone.is_seeds_invocation(study)
+    assert standalone.is_seeds_invocation(["--config", str(seeds)])
+    assert standalone.is_seeds_invocation(["--base_model", "gpt2", "--train_file", "x.txt"])
+    missing = tmp_path / "none.bin"
+    rc, _, err = sdce_train(
+        capsys,
+        *study,
+        "--train-shard",
+        missing,
+        "--val-shard",
+        missing,
+        "--tokenizer",
+        assets / "student",
+        "--out",
+        tmp_path / "run",
+    )
+    assert rc == 2 and "none.bin" in err  # the study path: it went for the shard
+
+
+def test_surrogate_run_from_a_seeds_config(assets, tmp_path, capsys):
+    out = tmp_path / "out"
+    path = write_config(tmp_path / "seeds.yaml", seeds_config(assets, out))
+    rc, stdout, err = sdce_train(
+        capsys, "--config", path, "--max_seq_length", "32", "--num_epochs", "1", "--report_to", "tensorboard",
+        "--no-progress",
+    )  # fmt: skip
+    assert rc == 0, err
+    for made in (
+        "data/train.jsonl",
+        "tokenizer",
+        "shards/train.bin",
+        "teacher.json",
+        "model",
+        "summary.json",
+    ):
+        assert (out / made).exists(), made
+    summary = json.loads(stdout.splitlines()[-1])
+    assert summary["objective"] == "surrogate" and summary["schedule"] == "cosine"
+    used = json.loads((out / "sdce.json").read_text())
+    assert used["run"]["training"]["block_size"] == 32 and used["seeds"]["data"]["max_seq_length"] == 32
+    assert summary["steps"] == used["steps"]["steps"] == used["run"]["training"]["steps"]
+    train = records(out)
+    assert all(r["guidance"] > 0 and r["teacher_mass"] > 0 and r["aligned"] > 0.5 for r in train[:3])
+    steps = summary["steps"]  # cosine from 1 to 0 over the run, w(t) logged at the window's last step
+    assert [r["weight"] for r in train] == pytest.approx(
+        [(1 + math.cos(math.pi * (r["step"] - 1) / steps)) / 2 for r in train]
+    )
+
+    if importlib.util.find_spec("tensorboard") is None:
+        pytest.skip("tensorboard is not installed (the trackers extra)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/guidance", "eval/val_loss"} <= set(events.Tags()["scalars"])
+    logged = events.Scalars("train/loss")
+    assert [e.step for e in logged] == [r["step"] for r in train]
+    assert [e.value for e in logged] == pytest.approx([r["loss"] for r in train], rel=1e-6)
+
+
+def test_standard_training_on_a_saved_dataset(assets, tmp_path, capsys):
+    out = tmp_path / "out"
+    doc = seeds_config(assets, out, **{"data.train_file": None, "data.dataset_name": str(assets / "saved")})
+    path = write_config(tmp_path / "seeds.yaml", doc)
+    rc, stdout, err = sdce_train(
+        capsys, "--config", path, "--max_seq_length", "32", "--num_epochs", "0.5", "--standard_training",
+        "--no-progress",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert json.loads(stdout.splitlines()[-1])["objective"] == "ce"
+    assert not (out / "teacher.json").exists()
+    assert all("guidance" not in r for r in records(out))
+    validation = [json.loads(line) for line in (out / "data" / "validation.jsonl").read_text().splitlines()]
+    assert len(validation) == 4  # the dataset's own validation split
+
+
+def test_kl_run_from_a_seeds_config(assets, tmp_path, capsys):
+    out = tmp_path / "out"
+    path = write_config(tmp_path / "seeds.yaml", seeds_config(assets, out))
+    rc, stdout, err = sdce_train(
+        capsys, "--config", path, "--max_seq_length", "32", "--num_epochs", "0.25", "--kl_divergence",
+        "--no-progress",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert json.loads(stdout.splitlines()[-1])["objective"] == "kl"
+    # dense over the shared vocabulary: the whole teacher mass there is listed
+    assert all(r["kl"] > 0 and r["teacher_mass"] == pytest.approx(1.0) for r in records(out))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed")
+def test_a_tracker_without_its_package_is_refused(assets, tmp_path, capsys):
+    path = write_config(
+        tmp_path / "seeds.yaml", seeds_config(assets, tmp_path / "out", **{"training.wandb_project": "p"})
+    )
+    rc, _, err = sdce_train(capsys, "--config", path, "--max_seq_length", "32")
+    assert rc == 2 and "needs the wandb package" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed")
+def test_wandb_offline(assets, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "out"
+    doc = seeds_config(assets, out, **{"training.wandb_project": "sdce-test", "training.wandb_run_name": "r"})
+    rc, _, err = sdce_train(
+        capsys, "--config", write_config(tmp_path / "s.yaml", doc), "--max_seq_length", "32",
+        "--num_epochs", "0.25", "--standard_training", "--no-progress",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert list((out / "wandb").glob("offline-run-*"))
+
+
+def test_resume_from_checkpoint_continues_at_its_step(assets, tmp_path, capsys):
+    doc = seeds_config(assets, tmp_path / "unused")
+    path = write_config(tmp_path / "seeds.yaml", doc)
+    common = ["--config", path, "--max_seq_length", "32", "--num_epochs", "0.5", "--standard_training"]
+    common += ["--no-progress"]
+    whole, first, second = tmp_path / "whole", tmp_path / "first", tmp_path / "second"
+    assert sdce_train(capsys, *common, "--output_dir", whole)[0] == 0
+    rc, stdout, _ = sdce_train(capsys, *common, "--output_dir", first, "--stop-after", "8")
+    assert rc == 0 and json.loads(stdout.splitlines()[-1]) == {"stopped_at": 8}
+    step8 = first / "work" / "checkpoints" / "step_0000008"
+    rc, stdout, err = sdce_train(capsys, *common, "--output_dir", second, "--resume_from_checkpoint", step8)
+    assert rc == 0, err
+    assert f"resumed from {step8} at step 8" in stdout
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rs]  # noqa: E731
+    assert strip(records(second)) == strip(records(whole))  # the uninterrupted run's curve
+    assert records(second, "eval") == records(whole, "eval")
+
+    # a checkpoint of other settings is refused, naming what differs
+    rc, _, err = sdce_train(
+        capsys,
+        *common,
+        "--output_dir",
+        tmp_path / "third",
+        "--resume_from_checkpoint",
+        step8,
+        "--learning_rate",
+        "0.01",
+    )
+    assert rc == 2 and "with other settings" in err
+    trainer_ckpt = tmp_path / "checkpoint-500"
+    trainer_ckpt.mkdir()
+    (trainer_ckpt / "trainer_state.json").write_text("{}")
+    rc, _, err = sdce_train(capsys, *common, "--resume_from_checkpoint", trainer_ckpt)
+    assert rc == 2 and "transformers Trainer checkpoint" in err
