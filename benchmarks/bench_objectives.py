@@ -27,6 +27,7 @@ Usage: python benchmarks/bench_objectives.py [--documents 6000] [--steps 40]
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -58,7 +59,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(
         f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-        f"torch {torch.__version__}"
+        f"torch {torch.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
     )
     tmp = Path(tempfile.mkdtemp())
     docs = [{"text": t, "source": "synthetic"} for t in generate_documents(args.documents, seed=0)]
@@ -158,6 +159,7 @@ def main() -> None:
         exp = f"{expected[name]:.2f}" if name in expected else ""
         print(f"{name:<20} {1000 * statistics.median(ts):>10.1f} {ratio:>7.2f} {exp:>9}")
     print(f"({args.steps} interleaved steps, batch {BATCH} x {BLOCK}; ratio = median of step time / ce time)")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -164,32 +164,205 @@ def _pad_vocab(x: torch.Tensor | None, size: int, value) -> torch.Tensor | None:
     return F.pad(x, (0, size - x.size(-1)), value=value)
 
 
-def kl_divergence(logits: torch.Tensor, signal: GuidanceSignal, temperature: float) -> torch.Tensor:
-    """KL(q^T || p^T) per position (B, T) over the teacher's support (module docstring)."""
+def _support_bias(support: torch.Tensor | None, dtype, device) -> torch.Tensor | None:
+    """(V,) 0 on the support, -inf outside it (None: every id): added to z / T, it restricts
+    the softmax to the support in the same pass as the temperature (never a dense masked_fill,
+    whose broadcast mask and backward copy cost more than the softmax itself)."""
+    if support is None:
+        return None
+    return torch.zeros(support.shape, dtype=dtype, device=device).masked_fill(
+        ~support.to(device), float("-inf")
+    )
+
+
+def _compute_dtype(z: torch.Tensor) -> torch.dtype:
+    return torch.float64 if z.dtype == torch.float64 else torch.float32
+
+
+def _student_log_probs_t(z: torch.Tensor, support, temperature: float, log_probs=None) -> torch.Tensor:
+    """log p^T = log_softmax(z / T) renormalised over `support` (-inf outside it). (..., V)
+
+    One broadcast add (the 1/T scale and the support bias, which also promotes low-precision
+    logits to fp32) and one fused log_softmax. At T = 1 with no support it is the CE's
+    log_softmax, reused when given as `log_probs`.
+    """
+    if support is None:
+        if temperature == 1.0:
+            return log_probs if log_probs is not None else F.log_softmax(_upcast(z), dim=-1)
+        return F.log_softmax(_upcast(z) * (1.0 / temperature), dim=-1)
+    bias = _support_bias(support, _compute_dtype(z), z.device)
+    return F.log_softmax(torch.add(bias, z, alpha=1.0 / temperature), dim=-1)
+
+
+# Row blocks of about this many bytes per (rows, V) temporary for the fused top-k path on CPU:
+# they stay in cache and in the allocator's heap. A fresh (N, V) tensor per op (what autograd
+# gives) costs more in first-touch page faults than the softmax computed in it.
+_BLOCK_BYTES = 1 << 20
+
+
+class _GatheredLogSoftmax(torch.autograd.Function):
+    """(log_softmax(z)[targets], log_softmax(z / T + bias)[ids]) for logits z (N, V), targets
+    (N,) or None, ids (N, K), bias from `_support_bias` or None: the student's side of CE plus
+    top-k KL, with no (N, V) intermediate. Forward and backward run over row blocks; backward
+    recomputes the softmaxes (cheaper than keeping them) and writes only the gradient:
+
+        dz = g_y (onehot_y - softmax(z)) + (1/T) (scatter_ids(g) - softmax(z / T + bias) sum_k g_k)
+
+    (log_softmax's backward at each temperature, through the gathers). Computed in fp32 at
+    least; the gradient has z's dtype. At T = 1 with no support both terms share one softmax."""
+
+    @staticmethod
+    def forward(ctx, z, targets, ids, bias, temperature):
+        n, v = z.shape
+        dtype = _compute_dtype(z)
+        rows = _block_rows(n, v, dtype)
+        shared = bias is None and temperature == 1.0
+        ce = z.new_empty(n if targets is not None else 0, dtype=dtype)
+        listed = z.new_empty(ids.shape, dtype=dtype)
+        buf = z.new_empty(rows, v, dtype=dtype)
+        scaled = z.new_empty(rows, v, dtype=dtype)
+        up = None if z.dtype == dtype else z.new_empty(rows, v, dtype=dtype)  # low-precision z, cast
+        for a in range(0, n, rows):
+            b = min(a + rows, n)
+            zc, lp, zt = z[a:b], buf[: b - a], scaled[: b - a]
+            if targets is not None or shared:
+                torch._log_softmax(zc if up is None else up[: b - a].copy_(zc), 1, False, out=lp)
+                if targets is not None:
+                    ce[a:b] = lp.gather(1, targets[a:b, None]).squeeze(1)
+            if not shared:
+                torch._log_softmax(_scale(zc, bias, temperature, zt), 1, False, out=lp)
+            listed[a:b] = lp.gather(1, ids[a:b])
+        ctx.save_for_backward(z, targets, ids, bias)
+        ctx.temperature = temperature
+        if targets is None:
+            ctx.mark_non_differentiable(ce)
+        return ce, listed
+
+    @staticmethod
+    def backward(ctx, g_ce, g_listed):
+        z, targets, ids, bias = ctx.saved_tensors
+        temperature = ctx.temperature
+        n, v = z.shape
+        dtype = _compute_dtype(z)
+        rows = _block_rows(n, v, dtype)
+        shared = bias is None and temperature == 1.0
+        if targets is None:
+            g_ce = None
+        if g_listed is not None:
+            g_listed = g_listed.to(dtype) * (1.0 / temperature)
+            g_sum = g_listed.sum(1, keepdim=True)
+        out = torch.empty_like(z)
+        direct = z.dtype == dtype  # else each block is computed in fp32, then cast
+        p = z.new_empty(rows, v, dtype=dtype)
+        scaled = z.new_empty(rows, v, dtype=dtype)
+        grad = None if direct else z.new_empty(rows, v, dtype=dtype)
+        for a in range(0, n, rows):
+            b = min(a + rows, n)
+            zc, pc, zt = z[a:b], p[: b - a], scaled[: b - a]
+            oc = out[a:b] if direct else grad[: b - a]
+            # the weight of softmax(z) per row: CE's, and the listed one's when T = 1 shares it
+            w = g_ce[a:b, None] if g_ce is not None else None
+            if shared and g_listed is not None:
+                w = g_sum[a:b] if w is None else w + g_sum[a:b]
+            written = w is not None
+            if written:
+                torch._softmax(zc if direct else zt.copy_(zc), 1, False, out=pc)
+                torch.mul(pc, -w, out=oc)
+            if g_listed is not None and not shared:
+                torch._softmax(_scale(zc, bias, temperature, zt), 1, False, out=pc)
+                if written:
+                    oc.addcmul_(pc, g_sum[a:b], value=-1.0)
+                else:
+                    torch.mul(pc, -g_sum[a:b], out=oc)
+                written = True
+            if not written:
+                oc.zero_()
+            if g_ce is not None:
+                oc.scatter_add_(1, targets[a:b, None], g_ce[a:b, None])
+            if g_listed is not None:
+                oc.scatter_add_(1, ids[a:b], g_listed[a:b])
+            if not direct:
+                out[a:b].copy_(oc)
+        return out, None, None, None, None
+
+
+def _block_rows(n: int, vocab: int, dtype) -> int:
+    """Rows per block: about `_BLOCK_BYTES` per temporary, at least 32 rows (a large
+    vocabulary would otherwise make the Python loop over blocks cost more than it saves)."""
+    return max(1, min(n, max(32, _BLOCK_BYTES // (vocab * torch.finfo(dtype).bits // 8))))
+
+
+def _scale(z: torch.Tensor, bias, temperature: float, out: torch.Tensor) -> torch.Tensor:
+    """out = z / T + bias (bias None: z / T), computed in out's dtype (fp32 for bf16 z)."""
+    if bias is not None:  # the fp32 bias promotes z
+        return torch.add(bias, z, alpha=1.0 / temperature, out=out)
+    if temperature == 1.0 or z.dtype != out.dtype:
+        out.copy_(z)
+        return out if temperature == 1.0 else out.mul_(1.0 / temperature)
+    return torch.mul(z, 1.0 / temperature, out=out)
+
+
+def _fused(logits: torch.Tensor) -> bool:
+    """Whether the top-k path runs `_GatheredLogSoftmax` (CPU) or plain autograd."""
+    return logits.device.type == "cpu"
+
+
+def _gathered_log_probs(logits, targets, signal: GuidanceSignal, temperature: float):
+    """(log p(target) (B, T) or None, log p^T over the support at the listed ids (B, T, K)):
+    `_GatheredLogSoftmax` on CPU; on accelerators (a caching allocator, no first-touch cost)
+    the same values by plain autograd."""
     vocab = logits.size(-1)
-    z = _upcast(logits) / temperature
     support = _pad_vocab(signal.support, vocab, False)
-    if support is not None:
-        z = z.masked_fill(~support.to(z.device), float("-inf"))
-    logs = F.log_softmax(z, dim=-1)  # student at T, renormalised over the support
-    if signal.log_probs is not None:
-        logq = _pad_vocab(signal.log_probs.to(z.dtype), vocab, float("-inf"))
-        logq = logq - torch.logsumexp(logq, -1, keepdim=True).clamp_min(-1e30)  # renormalised on the support
-        q = logq.exp()
-        kl = (q * (logq - logs)).where(q > 0, torch.zeros_like(q)).sum(-1)
-    else:
-        p = signal.probs.to(z.dtype)
-        listed = p > 0
-        rest = signal.rest.to(z.dtype)
-        total = p.sum(-1) + rest
-        q = p / total.clamp_min(1e-30).unsqueeze(-1)
-        q_rest = rest / total.clamp_min(1e-30)
-        log_s = logs.gather(-1, signal.ids).masked_fill(~listed, 0.0)
-        s_rest = (1.0 - (log_s.exp() * listed).sum(-1)).clamp_min(1e-12)
-        kl = (q * (q.clamp_min(1e-30).log() - log_s)).where(listed, torch.zeros_like(q)).sum(-1)
-        kl = kl + torch.xlogy(q_rest, q_rest) - q_rest * s_rest.log()
-        kl = torch.where(total > 0, kl, torch.zeros_like(kl))
-    return kl
+    if not _fused(logits):
+        logs = _student_log_probs_t(logits, support, temperature)
+        listed = logs.gather(-1, signal.ids)
+        if targets is None:
+            return None, listed
+        logp = F.log_softmax(_upcast(logits), dim=-1)
+        return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), listed
+    bias = _support_bias(support, _compute_dtype(logits), logits.device)
+    ids = signal.ids.to(logits.device)
+    flat_targets = targets.reshape(-1) if targets is not None else None
+    ce, listed = _GatheredLogSoftmax.apply(
+        logits.reshape(-1, vocab), flat_targets, ids.reshape(-1, ids.size(-1)), bias, temperature
+    )
+    return (ce.view(targets.shape) if targets is not None else None), listed.view(ids.shape)
+
+
+def _topk_kl(log_s: torch.Tensor, signal: GuidanceSignal) -> torch.Tensor:
+    """The two-bucket KL per position (B, T) from the student's log p^T at the listed ids."""
+    p = signal.probs.to(log_s.dtype)
+    listed = p > 0
+    rest = signal.rest.to(log_s.dtype)
+    total = p.sum(-1) + rest
+    inv = 1.0 / total.clamp_min(1e-30)
+    q = p * inv.unsqueeze(-1)  # 0 on the unlisted (padding) entries
+    q_rest = rest * inv
+    log_s = log_s.masked_fill(~listed, 0.0)
+    s_rest = (1.0 - (log_s.exp() * listed).sum(-1)).clamp_min(1e-12)
+    # sum_j q_j log(q_j / s_j) + q_r log(q_r / s_r); the teacher's entropy terms carry no gradient
+    kl = torch.xlogy(q, q).sum(-1) + torch.xlogy(q_rest, q_rest) - (q * log_s).sum(-1) - q_rest * s_rest.log()
+    return torch.where(total > 0, kl, torch.zeros_like(kl))
+
+
+def kl_divergence(
+    logits: torch.Tensor, signal: GuidanceSignal, temperature: float, *, log_probs=None
+) -> torch.Tensor:
+    """KL(q^T || p^T) per position (B, T) over the teacher's support (module docstring).
+
+    A top-k signal touches the vocabulary only through the student's log-partition at T and
+    a gather of the K listed entries (`_GatheredLogSoftmax`); the tail bucket's student mass
+    s_r = 1 - sum_j s_j comes from the gathered values, so no dense tail tensor is formed.
+    `log_probs`: the student's log_softmax(logits) when the caller has it, reused by a dense
+    signal at T = 1 with no support instead of a second full-vocabulary pass."""
+    if signal.log_probs is None:
+        return _topk_kl(_gathered_log_probs(logits, None, signal, temperature)[1], signal)
+    vocab = logits.size(-1)
+    logs = _student_log_probs_t(logits, _pad_vocab(signal.support, vocab, False), temperature, log_probs)
+    logq = _pad_vocab(signal.log_probs.to(logs.dtype), vocab, float("-inf"))
+    logq = logq - torch.logsumexp(logq, -1, keepdim=True).clamp_min(-1e30)  # renormalised on the support
+    q = logq.exp()
+    return (q * (logq - logs)).where(q > 0, torch.zeros_like(q)).sum(-1)
 
 
 def kl_loss(
@@ -204,11 +377,19 @@ def kl_loss(
     **opts,
 ) -> dict:
     """(1 - w(1 - alpha)) CE + w (1 - alpha) T^2 KL(q^T || p^T), mean over tokens (module docstring)."""
-    logp = F.log_softmax(_upcast(logits), dim=-1)
-    mask = (targets != IGNORE).to(logp.dtype)
-    ce_tok = -logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    aligned, terms = _alignment_terms(signal, mask, logp.dtype)
-    kl_tok = kl_divergence(logits, signal, temperature) * aligned  # unaligned positions carry nothing
+    safe_targets = targets.clamp_min(0)
+    if signal.log_probs is None:  # top-k: both terms from one pass over the vocabulary
+        logp_y, log_s = _gathered_log_probs(logits, safe_targets, signal, temperature)
+        kl_tok = _topk_kl(log_s, signal)
+    else:
+        z = _upcast(logits)  # cast once, shared by both terms
+        logp = F.log_softmax(z, dim=-1)
+        logp_y = logp.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
+        kl_tok = kl_divergence(z, signal, temperature, log_probs=logp)
+    ce_tok = -logp_y
+    mask = (targets != IGNORE).to(ce_tok.dtype)
+    aligned, terms = _alignment_terms(signal, mask, ce_tok.dtype)
+    kl_tok = kl_tok * aligned  # unaligned positions carry nothing
     ce = _masked_mean(ce_tok, mask)
     kl = _masked_mean(kl_tok, mask)
     share = weight * (1.0 - alpha)
