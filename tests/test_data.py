@@ -107,7 +107,7 @@ def test_k_folds_partition_the_corpus(shuffle):
     vals = [[d["text"] for d in val] for _, val in folds]
     # the validation sets are disjoint and cover every document once; each fold trains on the rest
     assert sorted(t for v in vals for t in v) == sorted(d["text"] for d in docs)
-    for (train, val), v in zip(folds, vals, strict=True):
+    for (train, _), v in zip(folds, vals, strict=True):
         assert {d["text"] for d in train} == {d["text"] for d in docs} - set(v)
         assert len(v) in (8, 9, 10)  # 46 documents in 5 parts (per source when coherent)
     if not shuffle:  # coherent: the i-th contiguous fifth of every source, order kept

@@ -95,20 +95,24 @@ def test_gpu_profile_plans_gpu_training_and_cpu_data_jobs(clone, gcs_emulator, g
     assert trains and {(j["wildcards"]["run"], j["wildcards"]["seed"]) for j in trains} == {
         (j["wildcards"]["run"], j["wildcards"]["seed"]) for j in jobs if j["rule"] == "evaluate"
     }
-    for j in trains:
-        run, seed = j["wildcards"]["run"], j["wildcards"]["seed"]
-        uri = f"gs://{gcs}/checkpoints/{experiment}/{run}/main/seed{seed}"  # terraform's lifecycle prefix
+    gpu_rules = {"train", "teacher_train", "cache_teacher"}
+    for j in (j for j in jobs if j["rule"] in gpu_rules):  # the default study trains a surrogate
         r = j["resources"]
         assert (r["gpu"], r["gpu_manufacturer"], r["machine_type"], r["scale"]) == (
             "1",
             "nvidia",
             "g2-standard-8",
             "0",
-        )
+        ), j
+    assert {j["rule"] for j in jobs} >= gpu_rules
+    for j in trains:
+        run, seed = j["wildcards"]["run"], j["wildcards"]["seed"]
+        uri = f"gs://{gcs}/checkpoints/{experiment}/{run}/main/seed{seed}"  # terraform's lifecycle prefix
+        r = j["resources"]
         assert r["processes"] == "0" and r["launcher"] == "local" and r["checkpoint_uri"] == uri
         assert f"--processes 0 --launcher local --checkpoint-uri {uri}" in j["shell"]
     for j in jobs:
-        if j["rule"] not in ("train", "all"):
+        if j["rule"] not in gpu_rules | {"all"}:
             assert "gpu" not in j["resources"] and "machine_type" not in j["resources"], j
         assert all(p.startswith(f"gs://{gcs}/sdce/") for p in re.findall(r"gs://\S+", j["io"]))
     # the Kubernetes job image is the config's cuda image (a run whose two differ stops at start)
@@ -253,7 +257,9 @@ def test_gpu_profile_through_the_kubernetes_executor(clone, gcs_emulator, gcs, t
     names = bucket_names(gcs, "sdce/")
     assert "sdce/results/cloud/report/summary.csv" in names
     assert "sdce/results/cloud/runs/baseline/main/seed1/milestones/words_200/state.json" in names
-    assert "checkpoints/cloud/bigram_linear/main/seed1/final/summary.json" in bucket_names(gcs, "checkpoints/")
+    assert "checkpoints/cloud/bigram_linear/main/seed1/final/summary.json" in bucket_names(
+        gcs, "checkpoints/"
+    )
 
 
 TPU_STAND_IN = """#!/usr/bin/env bash
@@ -293,7 +299,9 @@ def test_tpu_profile_runs_training_through_the_pod_script(clone, gcs_emulator, g
     assert calls.count("setup") == 2 and calls.count("cleanup") == 2
     names = bucket_names(gcs, "sdce/")
     assert "sdce/results/cloud/report/summary.csv" in names
-    assert "checkpoints/cloud/baseline/main/seed1/inputs/train/train.bin.json" in bucket_names(gcs, "checkpoints/")
+    assert "checkpoints/cloud/baseline/main/seed1/inputs/train/train.bin.json" in bucket_names(
+        gcs, "checkpoints/"
+    )
     from google.cloud import storage
 
     blob = storage.Client().bucket(gcs).blob("sdce/results/cloud/runs/baseline/main/seed1/summary.json")

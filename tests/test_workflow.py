@@ -207,7 +207,7 @@ def test_k_folds_and_subset_sizes_are_data_partitions(tmp_path):
     results = tmp_path / "results" / "tiny_folds"
 
     def texts(part, split):
-        lines = (results / part / "data" / f"{split}.jsonl").read_text().splitlines()
+        lines = (results / "data" / part / f"{split}.jsonl").read_text().splitlines()
         return [json.loads(line)["text"] for line in lines]
 
     corpus = [
@@ -221,12 +221,12 @@ def test_k_folds_and_subset_sizes_are_data_partitions(tmp_path):
         assert sorted(train + val) == sorted(corpus)
         assert subset == train[:60] and texts(f"{fold}-n60", "validation") == val
         # the subset's teacher counted only its own 60 documents, in the fold's vocabulary
-        full = json.loads((results / fold / "teachers" / "bigram.json").read_text())
-        small = json.loads((results / f"{fold}-n60" / "teachers" / "bigram.json").read_text())
+        full = json.loads((results / "bigram" / f"{fold}.json").read_text())
+        small = json.loads((results / "bigram" / f"{fold}-n60.json").read_text())
         assert small["tokens"] < full["tokens"]
     # the subset partitions use their fold's tokenizer; each fold has its own
     hashes = {
-        part: json.loads((results / part / "shards" / "train.bin.json").read_text())["tokenizer_hash"]
+        part: json.loads((results / "shards" / part / "train.bin.json").read_text())["tokenizer_hash"]
         for part in folds + [f"{f}-n60" for f in folds]
     }
     assert len(set(hashes.values())) == 3 and all(hashes[f"{f}-n60"] == hashes[f] for f in folds)

@@ -32,11 +32,13 @@ def test_dag_trains_caches_and_uses_the_surrogate(finished_study):
     results = workdir / "results" / "tiny_teachers"
     rows = list(csv.DictReader(open(results / "report" / "summary.csv")))
     assert sorted(r["run"] for r in rows) == ["baseline", "kl", "kl_online", "label_smoothing", "surrogate"]
-    teacher = json.loads((results / "main" / "teachers" / "surrogate" / "teacher.json").read_text())
+    teacher = json.loads((results / "teachers" / "surrogate" / "descriptors" / "main.json").read_text())
     assert teacher["alignment"]["teacher_tokenizer_size"] == 280
-    caches = sorted(p.name for p in (results / "main" / "teachers" / "surrogate" / "cache").glob("k*"))
+    caches = sorted(p.name for p in (results / "teachers" / "surrogate" / "cache" / "main").glob("k*"))
     assert caches == ["k6_p0.02_t1", "k8_p0_t2"]
-    info = json.loads((results / "main" / "teachers" / "surrogate" / "cache" / "k8_p0_t2" / "cache.json").read_text())
+    info = json.loads(
+        (results / "teachers" / "surrogate" / "cache" / "main" / "k8_p0_t2" / "cache.json").read_text()
+    )
     assert info["bytes_per_token"] == 8 * 4 + 3 and info["aligned_fraction"] > 0.5
     for run in ("surrogate", "kl", "kl_online"):
         logged = [

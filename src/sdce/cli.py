@@ -108,7 +108,10 @@ def cmd_cache_teacher(args) -> None:
 
     spec = _params(args, "$defs/teacher_cache", "teacher_cache")
     torch_threads(args.threads)
-    teacher = LMTeacher.from_descriptor(args.teacher, load(args.tokenizer), spec["signals"][0])
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the job's GPU (profiles/gpu)
+    teacher = LMTeacher.from_descriptor(args.teacher, load(args.tokenizer), spec["signals"][0], device)
     for name, info in build_caches(teacher, args.shard, spec, args.out).items():
         print(
             f"cache-teacher {name}: {info['tokens']:,} tokens in {info['seconds']:.1f}s "

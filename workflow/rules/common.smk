@@ -74,17 +74,19 @@ def fold_arg(wildcards):
 
 def part_tokenizer(wildcards):
     """The student tokenizer of a partition: its fold's."""
-    return f"{RESULTS}/{fold_of(part_of(wildcards))}/tokenizer"
+    return f"{RESULTS}/tokenizers/{fold_of(part_of(wildcards))}"
 
 
 def part_teacher_tokenizer(wildcards):
-    return f"{RESULTS}/{fold_of(wildcards.part)}/teachers/{wildcards.teacher}/tokenizer"
+    return (
+        f"{RESULTS}/teachers/{wildcards.teacher}/tokenizers/{fold_of(wildcards.part)}"
+    )
 
 
 def run_shards(wildcards):
     """The run's training and validation shards (sidecars named so that they travel with
     them to remote jobs) and its fold's tokenizer."""
-    shards = f"{RESULTS}/{run_part(wildcards)}/shards"
+    shards = f"{RESULTS}/shards/{run_part(wildcards)}"
     return {
         "train": f"{shards}/train.bin",
         "validation": f"{shards}/validation.bin",
@@ -95,7 +97,7 @@ def run_shards(wildcards):
 
 
 def run_validation(wildcards):
-    shards = f"{RESULTS}/{run_part(wildcards)}/shards"
+    shards = f"{RESULTS}/shards/{run_part(wildcards)}"
     return {
         "validation": f"{shards}/validation.bin",
         "validation_sidecar": f"{shards}/validation.bin.json",
@@ -123,17 +125,17 @@ def teacher_inputs(wildcards):
     objective = guidance["objective"]
     part = run_part(wildcards)
     if objective == "bigram":
-        return {"teacher": f"{RESULTS}/{part}/teachers/bigram.npz"}
+        return {"teacher": f"{RESULTS}/bigram/{part}.npz"}
     if objective in sdce_distill.LM_OBJECTIVES:
-        folder = f"{RESULTS}/{part}/teachers/{guidance['teacher']}"
+        folder = f"{RESULTS}/teachers/{guidance['teacher']}"
         if guidance["teacher_source"] == "online":
             # the descriptor, and the model it names when the DAG trains it
             model = teacher_model_inputs(wildcards, guidance["teacher"])
             return {
-                "teacher": f"{folder}/teacher.json",
+                "teacher": f"{folder}/descriptors/{part}.json",
                 **{f"teacher_{k}": v for k, v in model.items()},
             }
-        return {"teacher": f"{folder}/cache"}  # the run's signal is a subfolder
+        return {"teacher": f"{folder}/cache/{part}"}  # the run's signal is a subfolder
     return {}
 
 
@@ -167,7 +169,7 @@ def teacher_model_inputs(wildcards, teacher=None):
     teacher = teacher or wildcards.teacher
     if sdce_distill.needs_training(TEACHERS[teacher]):
         return {
-            "model": f"{RESULTS}/{part_of(wildcards)}/teachers/{teacher}/train/model"
+            "model": f"{RESULTS}/teachers/{teacher}/train/{part_of(wildcards)}/model"
         }
     return {}
 

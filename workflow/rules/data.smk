@@ -1,6 +1,8 @@
 # Data, per partition (`part`): `main` (the 95/5 split) or `fold<i>` (split.folds), and
 # `<fold>-n<N>` for runs with their own training subset. A fold's tokenizer is trained on
-# its full training split and shared by its subset partitions.
+# its full training split and shared by its subset partitions. Every output path starts
+# with its kind (data/, tokenizers/, shards/, ...) and ends with the wildcards: paths that
+# cannot be confused even where wildcard constraints do not reach (default storage).
 rule corpus:
     output:
         corpus=f"{RESULTS}/data/corpus.jsonl",
@@ -19,10 +21,10 @@ rule split:
     input:
         corpus=rules.corpus.output.corpus,
     output:
-        train=f"{RESULTS}/{{part}}/data/train.jsonl",
-        validation=f"{RESULTS}/{{part}}/data/validation.jsonl",
+        train=f"{RESULTS}/data/{{part}}/train.jsonl",
+        validation=f"{RESULTS}/data/{{part}}/validation.jsonl",
     log:
-        f"{LOGS}/{{part}}/split.log",
+        f"{LOGS}/split/{{part}}.log",
     container:
         image("cpu")
     params:
@@ -35,11 +37,11 @@ rule split:
 
 rule tokenizer:
     input:
-        train=f"{RESULTS}/{{fold}}/data/train.jsonl",
+        train=f"{RESULTS}/data/{{fold}}/train.jsonl",
     output:
-        tokenizer=directory(f"{RESULTS}/{{fold}}/tokenizer"),
+        tokenizer=directory(f"{RESULTS}/tokenizers/{{fold}}"),
     log:
-        f"{LOGS}/{{fold}}/tokenizer.log",
+        f"{LOGS}/tokenizer/{{fold}}.log",
     container:
         image("cpu")
     params:
@@ -50,13 +52,13 @@ rule tokenizer:
 
 rule encode:
     input:
-        documents=f"{RESULTS}/{{part}}/data/{{split}}.jsonl",
+        documents=f"{RESULTS}/data/{{part}}/{{split}}.jsonl",
         tokenizer=part_tokenizer,
     output:
-        shard=f"{RESULTS}/{{part}}/shards/{{split}}.bin",
-        sidecar=f"{RESULTS}/{{part}}/shards/{{split}}.bin.json",
+        shard=f"{RESULTS}/shards/{{part}}/{{split}}.bin",
+        sidecar=f"{RESULTS}/shards/{{part}}/{{split}}.bin.json",
     log:
-        f"{LOGS}/{{part}}/encode_{{split}}.log",
+        f"{LOGS}/encode/{{part}}_{{split}}.log",
     container:
         image("cpu")
     shell:

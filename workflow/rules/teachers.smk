@@ -1,12 +1,12 @@
 rule bigram:
     input:
-        shard=f"{RESULTS}/{{part}}/shards/train.bin",
-        sidecar=f"{RESULTS}/{{part}}/shards/train.bin.json",
+        shard=f"{RESULTS}/shards/{{part}}/train.bin",
+        sidecar=f"{RESULTS}/shards/{{part}}/train.bin.json",
     output:
-        table=f"{RESULTS}/{{part}}/teachers/bigram.npz",
-        meta=f"{RESULTS}/{{part}}/teachers/bigram.json",
+        table=f"{RESULTS}/bigram/{{part}}.npz",
+        meta=f"{RESULTS}/bigram/{{part}}.json",
     log:
-        f"{LOGS}/{{part}}/bigram.log",
+        f"{LOGS}/bigram/{{part}}.log",
     container:
         image("cpu")
     params:
@@ -28,11 +28,11 @@ wildcard_constraints:
 
 rule teacher_tokenizer:
     input:
-        train=f"{RESULTS}/{{fold}}/data/train.jsonl",
+        train=f"{RESULTS}/data/{{fold}}/train.jsonl",
     output:
-        tokenizer=directory(f"{RESULTS}/{{fold}}/teachers/{{teacher}}/tokenizer"),
+        tokenizer=directory(f"{RESULTS}/teachers/{{teacher}}/tokenizers/{{fold}}"),
     log:
-        f"{LOGS}/{{fold}}/teachers/{{teacher}}_tokenizer.log",
+        f"{LOGS}/teachers/{{teacher}}_tokenizer_{{fold}}.log",
     container:
         image("cpu")
     params:
@@ -43,13 +43,13 @@ rule teacher_tokenizer:
 
 rule teacher_encode:
     input:
-        documents=f"{RESULTS}/{{part}}/data/{{split}}.jsonl",
+        documents=f"{RESULTS}/data/{{part}}/{{split}}.jsonl",
         tokenizer=part_teacher_tokenizer,
     output:
-        shard=f"{RESULTS}/{{part}}/teachers/{{teacher}}/shards/{{split}}.bin",
-        sidecar=f"{RESULTS}/{{part}}/teachers/{{teacher}}/shards/{{split}}.bin.json",
+        shard=f"{RESULTS}/teachers/{{teacher}}/shards/{{part}}/{{split}}.bin",
+        sidecar=f"{RESULTS}/teachers/{{teacher}}/shards/{{part}}/{{split}}.bin.json",
     log:
-        f"{LOGS}/{{part}}/teachers/{{teacher}}_encode_{{split}}.log",
+        f"{LOGS}/teachers/{{teacher}}_encode_{{part}}_{{split}}.log",
     container:
         image("cpu")
     shell:
@@ -58,17 +58,17 @@ rule teacher_encode:
 
 rule teacher_train:
     input:
-        train=f"{RESULTS}/{{part}}/teachers/{{teacher}}/shards/train.bin",
-        train_sidecar=f"{RESULTS}/{{part}}/teachers/{{teacher}}/shards/train.bin.json",
-        validation=f"{RESULTS}/{{part}}/teachers/{{teacher}}/shards/validation.bin",
-        validation_sidecar=f"{RESULTS}/{{part}}/teachers/{{teacher}}/shards/validation.bin.json",
+        train=f"{RESULTS}/teachers/{{teacher}}/shards/{{part}}/train.bin",
+        train_sidecar=f"{RESULTS}/teachers/{{teacher}}/shards/{{part}}/train.bin.json",
+        validation=f"{RESULTS}/teachers/{{teacher}}/shards/{{part}}/validation.bin",
+        validation_sidecar=f"{RESULTS}/teachers/{{teacher}}/shards/{{part}}/validation.bin.json",
         tokenizer=part_teacher_tokenizer,
     output:
-        model=directory(f"{RESULTS}/{{part}}/teachers/{{teacher}}/train/model"),
-        metrics=f"{RESULTS}/{{part}}/teachers/{{teacher}}/train/metrics.jsonl",
-        summary=f"{RESULTS}/{{part}}/teachers/{{teacher}}/train/summary.json",
+        model=directory(f"{RESULTS}/teachers/{{teacher}}/train/{{part}}/model"),
+        metrics=f"{RESULTS}/teachers/{{teacher}}/train/{{part}}/metrics.jsonl",
+        summary=f"{RESULTS}/teachers/{{teacher}}/train/{{part}}/summary.json",
     log:
-        f"{LOGS}/{{part}}/teachers/{{teacher}}_train.log",
+        f"{LOGS}/teachers/{{teacher}}_train_{{part}}.log",
     container:
         image("cuda")
     threads: 1
@@ -88,9 +88,9 @@ rule teacher:
         unpack(teacher_model_inputs),
         tokenizer=part_tokenizer,
     output:
-        descriptor=f"{RESULTS}/{{part}}/teachers/{{teacher}}/teacher.json",
+        descriptor=f"{RESULTS}/teachers/{{teacher}}/descriptors/{{part}}.json",
     log:
-        f"{LOGS}/{{part}}/teachers/{{teacher}}_describe.log",
+        f"{LOGS}/teachers/{{teacher}}_describe_{{part}}.log",
     container:
         image("cpu")
     params:
@@ -103,14 +103,14 @@ rule teacher:
 
 rule cache_teacher:
     input:
-        teacher=f"{RESULTS}/{{part}}/teachers/{{teacher}}/teacher.json",
-        shard=f"{RESULTS}/{{part}}/shards/train.bin",
-        sidecar=f"{RESULTS}/{{part}}/shards/train.bin.json",
+        teacher=f"{RESULTS}/teachers/{{teacher}}/descriptors/{{part}}.json",
+        shard=f"{RESULTS}/shards/{{part}}/train.bin",
+        sidecar=f"{RESULTS}/shards/{{part}}/train.bin.json",
         tokenizer=part_tokenizer,
     output:
-        cache=directory(f"{RESULTS}/{{part}}/teachers/{{teacher}}/cache"),
+        cache=directory(f"{RESULTS}/teachers/{{teacher}}/cache/{{part}}"),
     log:
-        f"{LOGS}/{{part}}/teachers/{{teacher}}_cache.log",
+        f"{LOGS}/teachers/{{teacher}}_cache_{{part}}.log",
     container:
         image("cuda")
     threads: 1
