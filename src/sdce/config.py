@@ -197,9 +197,14 @@ def data_part(config: dict, run: str, fold: str) -> str:
     return f"{fold}-n{'all' if n is None else n}"
 
 
+def part_fold(part: str) -> str:
+    """The fold a partition belongs to (`fold2` for `fold2-n500`; `main`)."""
+    return part.split("-n")[0]
+
+
 def fold_index(part: str) -> int | None:
-    """The fold a partition belongs to: its index, or None for `main`."""
-    fold = part.split("-n")[0]
+    """The index of the fold a partition belongs to; None for `main`."""
+    fold = part_fold(part)
     return None if fold == MAIN_PART else int(fold.removeprefix("fold"))
 
 

@@ -59,10 +59,6 @@ def part_of(wildcards):
     return wildcards.part if "part" in wildcards.keys() else run_part(wildcards)
 
 
-def fold_of(part):
-    return part.split("-n")[0]
-
-
 def part_split_json(wildcards):
     return json.dumps(sdce_config.part_split(config, wildcards.part), sort_keys=True)
 
@@ -74,13 +70,11 @@ def fold_arg(wildcards):
 
 def part_tokenizer(wildcards):
     """The student tokenizer of a partition: its fold's."""
-    return f"{RESULTS}/tokenizers/{fold_of(part_of(wildcards))}"
+    return f"{RESULTS}/tokenizers/{sdce_config.part_fold(part_of(wildcards))}"
 
 
 def part_teacher_tokenizer(wildcards):
-    return (
-        f"{RESULTS}/teachers/{wildcards.teacher}/tokenizers/{fold_of(wildcards.part)}"
-    )
+    return f"{RESULTS}/teachers/{wildcards.teacher}/tokenizers/{sdce_config.part_fold(wildcards.part)}"
 
 
 def run_shards(wildcards):
