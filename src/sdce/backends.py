@@ -1,7 +1,8 @@
 """Where the training loop runs: one interface, two implementations.
 
     AccelerateBackend  CPU or CUDA through `accelerate`: one process, or several
-                       (DDP; FSDP with training.parallelism: fsdp, CUDA only)
+                       (DDP; FSDP2 with training.parallelism: fsdp, NCCL on CUDA or
+                       gloo on CPU, where the tests run it)
     XlaBackend         TPU (or the XLA CPU device, for tests) through torch_xla's PJRT
                        runtime: one process per device, bf16 or fp32
 
@@ -16,8 +17,8 @@ and torch_xla starts one process per local device. Every process slices its own 
 the same global batch (`sdce.data.batches`), so the number of processes changes how a
 step is computed, never what it computes.
 
-`check` refuses bad combinations (fp16 on XLA, more processes than devices, FSDP without
-CUDA, ...) before any process starts or any data is read.
+`check` refuses bad combinations (fp16 on XLA, more processes than devices, FSDP on XLA,
+...) before any process starts or any data is read.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def check(spec: dict, model_spec: dict, backend: str, processes: int) -> None:
             )
         if spec["parallelism"] != "ddp":
             raise BackendError(
-                "training.parallelism=fsdp is implemented for CUDA (accelerate); use ddp on XLA"
+                "training.parallelism=fsdp is implemented with accelerate (CPU, CUDA); use ddp on XLA"
             )
         if spec["compile"]:
             raise BackendError(
@@ -99,10 +100,6 @@ def check(spec: dict, model_spec: dict, backend: str, processes: int) -> None:
     cuda = torch.cuda.is_available()
     if spec["precision"] == "fp16" and not cuda:
         raise BackendError("training.precision=fp16 needs a CUDA device; use bf16 or fp32 here")
-    if spec["parallelism"] == "fsdp" and not cuda:
-        raise BackendError(
-            "training.parallelism=fsdp needs CUDA devices (accelerate shards over GPUs); use ddp on CPU"
-        )
     if attn == "flash_attention_2":
         if not cuda:
             raise BackendError("model.attn_implementation=flash_attention_2 needs CUDA; use sdpa or eager")
