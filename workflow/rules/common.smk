@@ -91,11 +91,8 @@ def run_shards(wildcards):
 
 
 def run_validation(wildcards):
-    shards = f"{RESULTS}/shards/{run_part(wildcards)}"
-    return {
-        "validation": f"{shards}/validation.bin",
-        "validation_sidecar": f"{shards}/validation.bin.json",
-    }
+    shards = run_shards(wildcards)
+    return {k: shards[k] for k in ("validation", "validation_sidecar")}
 
 
 # LM teachers (teachers.<name>): trained, described and cached by workflow/rules/teachers.smk.
