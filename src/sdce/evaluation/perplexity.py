@@ -7,14 +7,13 @@ import math
 import torch
 
 from sdce.data.shards import load_shard
+from sdce.evaluation.validation import evaluate_loss
 
 
 def evaluate_perplexity(
     model_dir: str, val_shard: str, block_size: int, max_tokens: int | None, batch_size: int
 ) -> dict:
     from transformers import AutoModelForCausalLM
-
-    from sdce.train import evaluate_loss
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     data, meta = load_shard(val_shard)
