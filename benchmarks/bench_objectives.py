@@ -37,14 +37,14 @@ from pathlib import Path
 import torch
 
 from sdce import config as cfg
-from sdce import losses
+from sdce import objectives
 from sdce.data.batches import global_offsets, windows
 from sdce.data.shards import encode_documents, load_shard
 from sdce.data.synthetic import generate_documents
 from sdce.data.tokenizer import train_bpe
 from sdce.model import build_model, count_parameters
 from sdce.teachers.cache import CachedTeacher, build_caches
-from sdce.teachers.surrogate import LMTeacher, describe_teacher
+from sdce.teachers.lm import LMTeacher, describe_teacher
 from sdce.teachers.uniform import UniformTeacher
 
 BLOCK, BATCH = 64, 16
@@ -129,7 +129,7 @@ def main() -> None:
         t = time.perf_counter()
         logits = student(input_ids=x).logits
         signal = teacher.signal(x, offsets=offsets) if teacher is not None else None
-        out = losses.compute(objective, logits, y, signal, 0.5, **opts)
+        out = objectives.compute_named(objective, logits, y, signal, 0.5, **opts)
         out["loss"].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from sdce import config as cfg
-from sdce import losses
+from sdce import objectives
 from sdce.data.batches import global_offsets, windows
 from sdce.data.shards import encode_documents, load_shard
 from sdce.data.synthetic import generate_documents
@@ -76,7 +76,7 @@ def main() -> None:
         t = time.perf_counter()
         logits = model(input_ids=x).logits
         signal = teacher.signal(x) if objective == "bigram" else None
-        out = losses.compute(objective, logits, y, signal, 0.5)
+        out = objectives.compute_named(objective, logits, y, signal, 0.5)
         out["loss"].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

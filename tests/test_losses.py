@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdce import losses
+from sdce import losses, objectives
 from sdce.schedules import guidance_weight
 from sdce.teachers.bigram import BigramTeacher, count_bigrams, topk_table
 from sdce.teachers.signal import GuidanceSignal
@@ -76,7 +76,7 @@ def test_ce_objective_and_zero_weight_are_exactly_cross_entropy():
     assert losses.ce_loss(logits, y)["loss"].item() == pytest.approx(ref.item(), abs=1e-6)
     sig = GuidanceSignal(torch.zeros(2, 5, 1, dtype=torch.long), torch.ones(2, 5, 1), torch.zeros(2, 5))
     assert losses.bigram_mix_loss(logits, y, sig, 0.0)["loss"].item() == pytest.approx(ref.item(), abs=1e-6)
-    assert losses.compute("bigram", logits, y, None, 0.7)["loss"].item() == pytest.approx(
+    assert objectives.compute_named("bigram", logits, y, None, 0.7)["loss"].item() == pytest.approx(
         ref.item(), abs=1e-6
     )
 
@@ -100,7 +100,7 @@ def test_tail_policies():
 
 def test_z_loss_adds_log_partition_squared():
     logits, y = torch.randn(2, 3, V), torch.randint(0, V, (2, 3))
-    out = losses.compute("ce", logits, y, None, 0.0, z_weight=0.1)
+    out = objectives.compute_named("ce", logits, y, None, 0.0, z_weight=0.1)
     lse = torch.logsumexp(logits, -1)
     assert out["z_loss"].item() == pytest.approx(lse.square().mean().item(), rel=1e-5)
     assert out["loss"].item() == pytest.approx(out["ce"].item() + 0.1 * out["z_loss"].item(), rel=1e-5)
@@ -167,7 +167,7 @@ def test_label_smoothing_is_torch_label_smoothing_and_bigram_with_a_uniform_teac
     logits, y = torch.randn(2, 6, V, dtype=torch.float64), torch.randint(0, V, (2, 6))
     y[1, :3] = -100
     sig = UniformTeacher().signal(y.clamp_min(0))
-    out = losses.compute("label_smoothing", logits, y, sig, 0.3)
+    out = objectives.compute_named("label_smoothing", logits, y, sig, 0.3)
     ref = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1), label_smoothing=0.3)
     assert out["loss"].item() == pytest.approx(ref.item(), rel=1e-9)
     mix = losses.bigram_mix_loss(logits, y, sig, 0.3, tail_policy="uniform")
@@ -224,11 +224,11 @@ def test_surrogate_loss_matches_dense_loop(weighting):
     sig.ids[1, 2, 0] = y[1, 2]  # the actual target among the teacher's tokens: removed
     sig.valid = torch.ones(2, 5, dtype=torch.bool)
     sig.valid[1, 4] = False  # an unaligned position adds nothing
-    out = losses.compute("surrogate", logits, y, sig, 0.6, weighting=weighting)
+    out = objectives.compute_named("surrogate", logits, y, sig, 0.6, weighting=weighting)
     assert out["loss"].item() == pytest.approx(reference_surrogate(logits, y, sig, 0.6, weighting), rel=1e-9)
     assert out["aligned"].item() == pytest.approx(8 / 9)
     ce = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
-    assert losses.compute("surrogate", logits, y, sig, 0.0)["loss"].item() == pytest.approx(
+    assert objectives.compute_named("surrogate", logits, y, sig, 0.0)["loss"].item() == pytest.approx(
         ce.item(), rel=1e-12
     )
 
@@ -267,7 +267,7 @@ def test_kl_loss_dense_matches_f_kl_div_with_t_squared(temperature, alpha):
     logits, teacher = torch.randn(2, 6, V, dtype=torch.float64), torch.randn(2, 6, V, dtype=torch.float64)
     y = torch.randint(0, V, (2, 6))
     y[1, 3:] = -100
-    out = losses.compute(
+    out = objectives.compute_named(
         "kl", logits, y, dense_signal(teacher, temperature), 1.0, alpha=alpha, temperature=temperature
     )
     ref, kl = reference_kd(logits, y, teacher, alpha, temperature)
@@ -275,7 +275,7 @@ def test_kl_loss_dense_matches_f_kl_div_with_t_squared(temperature, alpha):
     assert out["kl"].item() == pytest.approx(kl.item(), rel=1e-9)
     assert out["guidance"].item() == pytest.approx(temperature**2 * kl.item(), rel=1e-9)
     # the schedule moves the teacher share: w = 0.4 gives (1 - 0.4(1 - alpha)) CE + 0.4(1 - alpha) T^2 KL
-    partial = losses.compute(
+    partial = objectives.compute_named(
         "kl", logits, y, dense_signal(teacher, temperature), 0.4, alpha=alpha, temperature=temperature
     )
     assert partial["loss"].item() == pytest.approx(
@@ -287,17 +287,22 @@ def test_kl_is_zero_for_the_teacher_itself_and_ce_at_alpha_one_or_weight_zero():
     torch.manual_seed(2)
     logits, y = torch.randn(2, 4, V, dtype=torch.float64), torch.randint(0, V, (2, 4))
     ce = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1)).item()
-    same = losses.compute("kl", logits, y, dense_signal(logits, 2.0), 1.0, alpha=0.5, temperature=2.0)
+    same = objectives.compute_named(
+        "kl", logits, y, dense_signal(logits, 2.0), 1.0, alpha=0.5, temperature=2.0
+    )
     assert abs(same["kl"].item()) < 1e-12
     # a full top-k listing of the student's own distribution is the same KL = 0
     q = torch.softmax(logits / 2.0, -1)
     full = GuidanceSignal(torch.arange(V).expand(2, 4, V), q, torch.zeros(2, 4, dtype=torch.float64))
-    assert abs(losses.compute("kl", logits, y, full, 1.0, alpha=0.5, temperature=2.0)["kl"].item()) < 1e-12
+    assert (
+        abs(objectives.compute_named("kl", logits, y, full, 1.0, alpha=0.5, temperature=2.0)["kl"].item())
+        < 1e-12
+    )
     other = dense_signal(torch.randn(2, 4, V, dtype=torch.float64), 2.0)
     for alpha, weight in ((1.0, 1.0), (0.3, 0.0)):
-        out = losses.compute("kl", logits, y, other, weight, alpha=alpha, temperature=2.0)
+        out = objectives.compute_named("kl", logits, y, other, weight, alpha=alpha, temperature=2.0)
         assert out["loss"].item() == out["ce"].item() == pytest.approx(ce, rel=1e-12)
-    assert losses.compute("kl", logits, y, None, 0.0, alpha=0.3, temperature=2.0)[
+    assert objectives.compute_named("kl", logits, y, None, 0.0, alpha=0.3, temperature=2.0)[
         "loss"
     ].item() == pytest.approx(ce)
 
@@ -308,7 +313,7 @@ def test_kl_gradient_is_t_times_student_minus_teacher():
     logits = torch.randn(1, 3, V, dtype=torch.float64, requires_grad=True)
     teacher = torch.randn(1, 3, V, dtype=torch.float64)
     y = torch.randint(0, V, (1, 3))
-    out = losses.compute("kl", logits, y, dense_signal(teacher, T), 1.0, alpha=0.0, temperature=T)
+    out = objectives.compute_named("kl", logits, y, dense_signal(teacher, T), 1.0, alpha=0.0, temperature=T)
     out["guidance"].backward()  # T^2 KL, mean over 3 tokens
     expected = T * (torch.softmax(logits.detach() / T, -1) - torch.softmax(teacher / T, -1)) / 3
     torch.testing.assert_close(logits.grad, expected)
@@ -363,19 +368,19 @@ def test_kl_normalises_per_token_and_masks_padding_and_unaligned_positions():
     y = torch.randint(0, V, (2, 5))
     y[0, 3:] = -100
     sig = dense_signal(teacher, 1.0)
-    base = losses.compute("kl", logits, y, sig, 1.0, alpha=0.5, temperature=1.0)["loss"]
+    base = objectives.compute_named("kl", logits, y, sig, 1.0, alpha=0.5, temperature=1.0)["loss"]
     moved = logits.clone()
     moved[0, 3:] += 10 * torch.randn(2, V)  # padding positions: no effect
-    assert losses.compute("kl", moved, y, sig, 1.0, alpha=0.5, temperature=1.0)[
+    assert objectives.compute_named("kl", moved, y, sig, 1.0, alpha=0.5, temperature=1.0)[
         "loss"
     ].item() == pytest.approx(base.item(), rel=1e-6)
     per_tok = losses.kl_divergence(logits, sig, 1.0)
     keep = y != -100
-    out = losses.compute("kl", logits, y, sig, 1.0, alpha=0.5, temperature=1.0)
+    out = objectives.compute_named("kl", logits, y, sig, 1.0, alpha=0.5, temperature=1.0)
     assert out["kl"].item() == pytest.approx(per_tok[keep].mean().item(), rel=1e-6)
     sig.valid = torch.ones(2, 5, dtype=torch.bool)
     sig.valid[1, 0] = False  # unaligned: no teacher term, still counted in the mean
-    masked = losses.compute("kl", logits, y, sig, 1.0, alpha=0.5, temperature=1.0)
+    masked = objectives.compute_named("kl", logits, y, sig, 1.0, alpha=0.5, temperature=1.0)
     expected = (per_tok * sig.valid)[keep].sum() / keep.sum()
     assert masked["kl"].item() == pytest.approx(expected.item(), rel=1e-6)
 
@@ -388,8 +393,8 @@ def test_bf16_logits_agree_with_fp32(objective):
     sig = random_topk(2, 8, 3, seed=6)
     sig = GuidanceSignal(sig.ids, sig.probs.float(), sig.rest.float())
     opts = {"weighting": "probability"} if objective == "surrogate" else {"alpha": 0.5, "temperature": 2.0}
-    a = losses.compute(objective, logits, y, sig, 0.7, **opts)["loss"]
-    b = losses.compute(objective, logits.bfloat16(), y, sig, 0.7, **opts)["loss"]
+    a = objectives.compute_named(objective, logits, y, sig, 0.7, **opts)["loss"]
+    b = objectives.compute_named(objective, logits.bfloat16(), y, sig, 0.7, **opts)["loss"]
     assert b.dtype == torch.float32
     assert b.item() == pytest.approx(a.item(), rel=2e-2)
 
@@ -418,7 +423,7 @@ def test_fused_topk_kl_matches_plain_autograd(monkeypatch, dtype, temperature, w
         monkeypatch.setattr(losses, "_fused", lambda z, fused=fused: fused)
         monkeypatch.setattr(losses, "_block_rows", lambda n, v, dtype: 4)  # 15 rows: 4 blocks
         z = logits.clone().requires_grad_(True)
-        out = losses.compute("kl", z, y, sig, 0.8, alpha=0.3, temperature=temperature)
+        out = objectives.compute_named("kl", z, y, sig, 0.8, alpha=0.3, temperature=temperature)
         out["loss"].backward()
         z2 = logits.clone().requires_grad_(True)
         per_tok = losses.kl_divergence(z2, sig, temperature)

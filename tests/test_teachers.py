@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sdce import config as cfg
-from sdce import losses
+from sdce import objectives
 from sdce.data.batches import windows
 from sdce.data.corpus import read_documents
 from sdce.data.shards import load_shard
@@ -16,8 +16,8 @@ from sdce.data.tokenizer import load
 from sdce.model import build_model
 from sdce.teachers import distill
 from sdce.teachers.cache import CachedTeacher, CacheMismatch, build_caches
-from sdce.teachers.surrogate import LMTeacher, TeacherError, describe_teacher, load_teacher_lm
-from sdce.train import TrainingError, make_teacher, train
+from sdce.teachers.lm import LMTeacher, TeacherError, describe_teacher, load_teacher_lm
+from sdce.train import TrainingError, train
 
 torch.set_num_threads(1)
 BLOCK = 32
@@ -121,7 +121,7 @@ def test_same_tokenizer_teacher_skips_realignment_and_gives_a_dense_signal(tiny_
     with torch.no_grad():
         ref = torch.log_softmax(model(input_ids=x).logits / 2.0, -1)
     torch.testing.assert_close(sig.log_probs, ref)
-    out = losses.compute("kl", ref * 2.0, y, sig, 1.0, alpha=0.0, temperature=2.0)
+    out = objectives.compute_named("kl", ref * 2.0, y, sig, 1.0, alpha=0.0, temperature=2.0)
     assert abs(out["kl"].item()) < 1e-5  # a student equal to its teacher
 
 
@@ -147,8 +147,10 @@ def test_cache_and_online_teacher_give_the_same_loss(tiny_data, caches, student_
     ):
         teacher = LMTeacher.from_descriptor(teacher_dir / "teacher.json", student_tok, spec)
         cached = CachedTeacher.load(root, spec, train_shard=tiny_data / "train.bin")
-        online = losses.compute(objective, logits, y, teacher.signal(x), 0.8, **opts)
-        offline = losses.compute(objective, logits, y, cached.signal(x, offsets=offsets), 0.8, **opts)
+        online = objectives.compute_named(objective, logits, y, teacher.signal(x), 0.8, **opts)
+        offline = objectives.compute_named(
+            objective, logits, y, cached.signal(x, offsets=offsets), 0.8, **opts
+        )
         for key in ("loss", "guidance", "teacher_mass", "aligned"):
             assert offline[key].item() == pytest.approx(online[key].item(), rel=2e-3), (objective, key)
         info = cached.info
@@ -172,9 +174,9 @@ def test_a_cache_for_another_tokenizer_shard_or_signal_is_refused(tiny_data, cac
         CachedTeacher.load(root / "k6_p0.02_t1", {**SURROGATE, "top_k": 5}, train_shard=shard)
     guidance = cfg.validate({"objective": "surrogate", "surrogate": {"top_k": 5}}, "guidance")
     with pytest.raises(
-        TrainingError, match="holds the signals k6_p0.02_t1, k8_p0_t2; the run asks for k5_p0.02_t1"
+        objectives.ObjectiveError, match="holds the signals k6_p0.02_t1, k8_p0_t2; the run asks for k5_p0.02_t1"
     ):
-        make_teacher(guidance, str(root), None, "cpu", train_shard=shard)
+        objectives.load_teacher(guidance, str(root), None, "cpu", train_shard=shard)
 
 
 def test_bad_teacher_input_fails_before_training(tiny_data, teacher_dir, student_tok, tmp_path):

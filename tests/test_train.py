@@ -123,7 +123,7 @@ def test_bad_input_fails_before_training(tmp_path, tiny_data):
         do_train(tiny_data, tmp_path / "x", run_spec(micro_batch_size=3))
     with pytest.raises(TrainingError, match="fp16 needs a CUDA device"):
         do_train(tiny_data, tmp_path / "x", run_spec(precision="fp16"))
-    with pytest.raises(TrainingError, match="needs the bigram table"):
+    with pytest.raises(ValueError, match="needs the bigram table"):
         train(
             run_spec(),
             name="r",

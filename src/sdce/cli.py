@@ -90,7 +90,7 @@ def cmd_bigram(args) -> None:
 
 
 def cmd_teacher(args) -> None:
-    from sdce.teachers.surrogate import describe_teacher
+    from sdce.teachers.lm import describe_teacher
 
     spec = _params(args, "$defs/teacher", f"teachers.{args.name}")
     d = describe_teacher(spec, args.name, args.model, args.student_tokenizer, args.out)
@@ -104,7 +104,7 @@ def cmd_teacher(args) -> None:
 def cmd_cache_teacher(args) -> None:
     from sdce.data.tokenizer import load
     from sdce.teachers.cache import build_caches
-    from sdce.teachers.surrogate import LMTeacher
+    from sdce.teachers.lm import LMTeacher
 
     spec = _params(args, "$defs/teacher_cache", "teacher_cache")
     torch_threads(args.threads)

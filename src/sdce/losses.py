@@ -401,35 +401,3 @@ def z_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """mean over tokens of log(Z)^2, keeping the softmax normaliser near 1."""
     lse = torch.logsumexp(logits.float(), dim=-1)
     return _masked_mean(lse.square(), (targets != IGNORE).to(lse.dtype))
-
-
-LOSSES = {
-    "ce": ce_loss,
-    "bigram": bigram_mix_loss,
-    "label_smoothing": label_smoothing_loss,
-    "surrogate": surrogate_loss,
-    "kl": kl_loss,
-}
-
-
-def options(guidance: dict) -> dict:
-    """The loss-side settings of a validated `guidance` spec (the teacher takes the rest)."""
-    objective = guidance["objective"]
-    if objective == "surrogate":
-        return {"weighting": guidance["surrogate"]["weighting"]}
-    if objective == "kl":
-        return {"alpha": guidance["kl"]["alpha"], "temperature": guidance["kl"]["temperature"]}
-    return {}
-
-
-def compute(
-    objective: str, logits, targets, signal, weight, *, tail_policy="uniform", z_weight: float = 0.0, **opts
-) -> dict:
-    """Dispatch by name; with no signal (weight 0) every objective is plain cross-entropy."""
-    fn = LOSSES[objective] if signal is not None else ce_loss
-    out = fn(logits, targets, signal, weight, tail_policy=tail_policy, **opts)
-    if z_weight > 0:
-        z = z_loss(logits, targets)
-        out["z_loss"] = z
-        out["loss"] = out["loss"] + z_weight * z
-    return out

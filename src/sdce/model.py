@@ -1,44 +1,119 @@
-"""Student models: a `transformers` GPT-2 or Llama config built from the `model`
-section, or any causal LM loaded with `from_pretrained`."""
+"""Student models: a `transformers` config built from the `model` section by the model
+family's entry in `FAMILIES`, or any model loaded with `from_pretrained`."""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
 
-def build_config(spec: dict, vocab_size: int, block_size: int, bos_id: int, eos_id: int):
-    from transformers import GPT2Config, LlamaConfig
+@dataclass(frozen=True)
+class Family:
+    """A student architecture: its `transformers` config from the `model` section, the kind
+    of model it is (`causal` or `bidirectional`, matched against the objective's), the Auto
+    class that loads a saved one, and the weights of the auxiliary loss terms it adds."""
 
-    inner = spec["intermediate_size"] or 4 * spec["n_embd"]
-    if spec["n_embd"] % spec["n_head"]:
-        raise ValueError(f"model.n_embd={spec['n_embd']} is not divisible by model.n_head={spec['n_head']}")
-    if spec["family"] == "gpt2":
-        return GPT2Config(
-            vocab_size=vocab_size,
-            n_positions=block_size,
-            n_embd=spec["n_embd"],
-            n_layer=spec["n_layer"],
-            n_head=spec["n_head"],
-            n_inner=inner,
-            resid_pdrop=spec["dropout"],
-            embd_pdrop=spec["dropout"],
-            attn_pdrop=spec["dropout"],
-            bos_token_id=bos_id,
-            eos_token_id=eos_id,
-        )
+    config: Callable[[dict, int, int, int, int], Any]
+    kind: str = "causal"
+    auto_class: str = "AutoModelForCausalLM"
+    aux_weights: Callable[[dict], dict] = lambda spec: {}
+
+
+def _inner(spec: dict) -> int:
+    return spec["intermediate_size"] or 4 * spec["n_embd"]
+
+
+def _gpt2_config(spec: dict, vocab_size: int, positions: int, bos_id: int, eos_id: int):
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=positions,
+        n_embd=spec["n_embd"],
+        n_layer=spec["n_layer"],
+        n_head=spec["n_head"],
+        n_inner=_inner(spec),
+        resid_pdrop=spec["dropout"],
+        embd_pdrop=spec["dropout"],
+        attn_pdrop=spec["dropout"],
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+    )
+
+
+def _llama_config(spec: dict, vocab_size: int, positions: int, bos_id: int, eos_id: int):
+    from transformers import LlamaConfig
+
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=spec["n_embd"],
-        intermediate_size=inner,
+        intermediate_size=_inner(spec),
         num_hidden_layers=spec["n_layer"],
         num_attention_heads=spec["n_head"],
         num_key_value_heads=spec["n_head"],
-        max_position_embeddings=block_size,
+        max_position_embeddings=positions,
         attention_dropout=spec["dropout"],
         tie_word_embeddings=True,
         bos_token_id=bos_id,
         eos_token_id=eos_id,
     )
+
+
+# model.family -> Family; a new architecture is one entry here and its name in the schema enum
+FAMILIES: dict[str, Family] = {
+    "gpt2": Family(_gpt2_config),
+    "llama": Family(_llama_config),
+}
+
+
+def family_of(spec: dict) -> Family:
+    if spec["family"] not in FAMILIES:
+        raise ValueError(f"model.family: unknown family '{spec['family']}' (known: {', '.join(FAMILIES)})")
+    return FAMILIES[spec["family"]]
+
+
+def check_shape(spec: dict) -> None:
+    """Architecture constraints the schema cannot express."""
+    if spec["n_embd"] % spec["n_head"]:
+        raise ValueError(f"model.n_embd={spec['n_embd']} is not divisible by model.n_head={spec['n_head']}")
+
+
+def build_config(spec: dict, vocab_size: int, block_size: int, bos_id: int, eos_id: int):
+    check_shape(spec)
+    return family_of(spec).config(spec, vocab_size, block_size, bos_id, eos_id)
+
+
+def auto_class(kind_or_path: str):
+    """The transformers Auto class of a model kind (`causal`, `bidirectional`) or of a saved
+    model folder (read from its config's model_type)."""
+    import transformers
+
+    kind = kind_or_path
+    if kind not in {f.kind for f in FAMILIES.values()}:
+        kind = saved_kind(kind_or_path)
+    name = next(f.auto_class for f in FAMILIES.values() if f.kind == kind)
+    return getattr(transformers, name)
+
+
+def saved_kind(path: str | Path) -> str:
+    """The kind of a saved model: a family's kind when its config names one, else causal."""
+    config = Path(path) / "config.json"
+    if config.is_file():
+        model_type = json.loads(config.read_text()).get("model_type")
+        for name, family in FAMILIES.items():
+            if name == model_type:
+                return family.kind
+    return "causal"
+
+
+def load_model(path: str | Path, **kwargs):
+    """A saved student (any family) with the Auto class of its kind."""
+    return auto_class(str(path)).from_pretrained(str(path), **kwargs)
 
 
 def build_model(spec: dict, tokenizer, block_size: int, seed: int):
@@ -48,8 +123,9 @@ def build_model(spec: dict, tokenizer, block_size: int, seed: int):
     (peft draws lora_A at random) and the training loop's dropout continues from it, so a
     run does not depend on what the process drew before (a resumed run rebuilds the same
     model before loading its checkpoint and RNG state)."""
-    from transformers import AutoModelForCausalLM
+    import transformers
 
+    AutoModel = getattr(transformers, family_of(spec).auto_class)
     attn = spec["attn_implementation"]
     adapter = spec["adapter"]
     if spec["from_pretrained"] and spec["init_from_scratch"]:
@@ -62,10 +138,10 @@ def build_model(spec: dict, tokenizer, block_size: int, seed: int):
             )
         config = AutoConfig.from_pretrained(spec["from_pretrained"])
         torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config, attn_implementation=attn)
+        return AutoModel.from_config(config, attn_implementation=attn)
     if spec["from_pretrained"]:
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_pretrained(
+        model = AutoModel.from_pretrained(
             spec["from_pretrained"], attn_implementation=attn, **_quantization(adapter)
         )
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
@@ -81,7 +157,7 @@ def build_model(spec: dict, tokenizer, block_size: int, seed: int):
     positions = max(block_size, spec["n_positions"] or block_size)
     cfg = build_config(spec, len(tokenizer), positions, tokenizer.bos_token_id, tokenizer.eos_token_id)
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
+    return AutoModel.from_config(cfg, attn_implementation=attn)
 
 
 def _quantization(adapter: str) -> dict:

@@ -9,7 +9,7 @@ teacher, run) and runs the pipeline's stage functions in order into `training.ou
     data/{train,validation}.jsonl   the documents (sdce.data.corpus, sdce.data.split)
     tokenizer/                      the student's pretrained tokenizer (sdce.data.tokenizer)
     shards/{train,validation}.bin   token shards (sdce.data.shards)
-    teacher.json                    the surrogate checked against the student (sdce.teachers.surrogate)
+    teacher.json                    the surrogate checked against the student (sdce.teachers.lm)
     sdce.json                       the seeds' settings and the sdce settings they became
     model/, metrics.jsonl, ...      the run (sdce.train.train, the one training loop)
 
@@ -684,7 +684,7 @@ def prepare(plan: dict, log=print) -> dict:
         stages.mark("shards", key)
 
     if plan["teacher"]:
-        from sdce.teachers.surrogate import describe_teacher
+        from sdce.teachers.lm import describe_teacher
 
         spec = plan["teacher"]
         tkey = stable_hash([key, spec, _identity({"path": spec["name_or_path"]})])

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-from sdce import backends, losses, trackers
+from sdce import backends, objectives, trackers
 from sdce import checkpoint as ckpt
 from sdce import config as cfg
 from sdce.backends import TrainingError
@@ -36,51 +36,6 @@ from sdce.evaluation.validation import evaluate_loss
 from sdce.io import atomic_dir, read_json, stable_hash, write_json
 from sdce.model import build_model, count_parameters
 from sdce.schedules import guidance_weight
-
-
-def make_teacher(guidance: dict, teacher_path: str | None, tokenizer, device, *, train_shard=None):
-    """The signal producer for an objective (None for cross-entropy), built before training.
-
-    `teacher_path` is the bigram table, an LM teacher's cache folder (teacher_source:
-    cache) or its descriptor `teacher.json` (online); `tokenizer` the student's.
-    """
-    objective = guidance["objective"]
-    if objective == "ce":
-        return None
-    if objective == "label_smoothing":
-        from sdce.teachers.uniform import UniformTeacher
-
-        return UniformTeacher()
-    if objective == "bigram":
-        from sdce.teachers.bigram import BigramTeacher
-
-        if not teacher_path:
-            raise TrainingError("objective 'bigram' needs the bigram table (--teacher)")
-        teacher = BigramTeacher.load(teacher_path)
-        if teacher.vocab_size != len(tokenizer):
-            raise TrainingError(
-                f"bigram table {teacher_path} has vocabulary {teacher.vocab_size}, "
-                f"the student {len(tokenizer)}"
-            )
-        return teacher.to(device)
-    if objective in ("surrogate", "kl"):
-        from sdce.teachers.cache import CachedTeacher
-        from sdce.teachers.surrogate import LMTeacher, signal_spec
-
-        source = guidance["teacher_source"]
-        if not teacher_path:
-            what = "cache folder" if source == "cache" else "descriptor (teacher.json)"
-            raise TrainingError(f"objective '{objective}' needs its LM teacher's {what} (--teacher)")
-        spec = signal_spec(guidance)
-        try:
-            if source == "online":
-                return LMTeacher.from_descriptor(teacher_path, tokenizer, spec, device)
-            if spec["top_k"] is None:
-                raise TrainingError("guidance.kl.top_k: null (dense) needs teacher_source: online")
-            return CachedTeacher.load(teacher_path, spec, train_shard=train_shard, device=device)
-        except ValueError as e:
-            raise TrainingError(f"{objective} teacher {teacher_path}: {e}") from None
-    raise TrainingError(f"unknown objective '{objective}'")
 
 
 def _optimizer(model, spec: dict):
@@ -285,7 +240,9 @@ def _train_process(
     micro, accum = _micro_batch(spec, bk.world)
     words_per_token = train_meta["words"] / max(train_meta["tokens"], 1)
     # the teacher is loaded and checked on the host, then moved to the device
-    teacher = make_teacher(guidance, teacher_path, tokenizer, device, train_shard=train_shard)
+    objective = objectives.of(guidance)
+    teacher = objectives.load_teacher(guidance, teacher_path, tokenizer, device, train_shard=train_shard)
+    aux = objectives.aux_weights(run)
     config_hash = run_hash(run, seed, train_meta, teacher_path is not None)
 
     model = build_model(run["model"], tokenizer, block, seed)
@@ -395,17 +352,11 @@ def _train_process(
             sync = bk.no_sync(model) if m < accum - 1 else nullcontext()
             with sync:
                 with bk.autocast():
-                    logits = model(input_ids=x).logits
+                    batch = objective.batch(x, y, None, guidance)
+                    outputs = model(**batch.inputs)
                     signal = teacher.signal(x, offsets=window_offsets) if use_teacher else None
-                    out_terms = losses.compute(
-                        guidance["objective"],
-                        logits,
-                        y,
-                        signal,
-                        weight,
-                        tail_policy=guidance["tail_policy"],
-                        z_weight=spec["z_loss"],
-                        **losses.options(guidance),
+                    out_terms = objectives.compute(
+                        objective, outputs.logits, batch, signal, weight, guidance, aux, outputs
                     )
                 bk.backward(out_terms["loss"] / accum)
             for k, v in out_terms.items():

@@ -5,6 +5,7 @@ import json
 from urllib.parse import urlparse
 
 from sdce import config as sdce_config
+from sdce import objectives as sdce_objectives
 from sdce.teachers import distill as sdce_distill
 
 RESULTS = f"{config['results_dir']}/{config['experiment']}"
@@ -110,24 +111,18 @@ CACHES = {
 
 
 def teacher_inputs(wildcards):
-    """The teacher artifact a run's objective needs (none for cross-entropy and label
-    smoothing): the bigram table, an LM teacher's cache, or its descriptor (online)."""
+    """The teacher artifact a run's objective needs (the registry says which: none, the
+    bigram table, an LM teacher's cache or its descriptor) and, for a teacher run during
+    training, the model the DAG trains for it."""
     guidance = RUNS[wildcards.run]["guidance"]
-    objective = guidance["objective"]
-    part = run_part(wildcards)
-    if objective == "bigram":
-        return {"teacher": f"{RESULTS}/bigram/{part}.npz"}
-    if objective in sdce_distill.LM_OBJECTIVES:
-        folder = f"{RESULTS}/teachers/{guidance['teacher']}"
-        if guidance["teacher_source"] == "online":
-            # the descriptor, and the model it names when the DAG trains it
-            model = teacher_model_inputs(wildcards, guidance["teacher"])
-            return {
-                "teacher": f"{folder}/descriptors/{part}.json",
-                **{f"teacher_{k}": v for k, v in model.items()},
-            }
-        return {"teacher": f"{folder}/cache/{part}"}  # the run's signal is a subfolder
-    return {}
+    found = sdce_objectives.artifact(guidance, run_part(wildcards))
+    if found is None:
+        return {}
+    inputs = {"teacher": f"{RESULTS}/{found}"}
+    if sdce_objectives.reads_online(guidance):
+        model = teacher_model_inputs(wildcards, sdce_objectives.lm_teacher(guidance))
+        inputs.update({f"teacher_{k}": v for k, v in model.items()})
+    return inputs
 
 
 def teacher_arg(wildcards, input):

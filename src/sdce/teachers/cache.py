@@ -64,7 +64,7 @@ def build_caches(teacher, shard: str | Path, spec: dict, out: str | Path) -> dic
     """Run `teacher` (an `LMTeacher`) once over the shard, in chunks of `spec['context']`
     tokens and `spec['batch_size']` chunks per forward pass, and write one cache per signal
     of `spec['signals']` under `out/<signal name>/`. Returns each cache's sidecar."""
-    from sdce.teachers.surrogate import signal_name
+    from sdce.teachers.lm import signal_name
 
     signals = {signal_name(s): s for s in spec["signals"]}
     for s in signals.values():
@@ -167,7 +167,7 @@ class CachedTeacher:
     @classmethod
     def load(cls, path: str | Path, spec: dict, *, train_shard: str | Path, device="cpu") -> CachedTeacher:
         """Open a cache for a run with signal `spec` on `train_shard`; refuse a mismatch."""
-        from sdce.teachers.surrogate import signal_name
+        from sdce.teachers.lm import signal_name
 
         path = Path(path)
         if not (path / SIDECAR).is_file() and (path / signal_name(spec) / SIDECAR).is_file():

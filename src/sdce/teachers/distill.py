@@ -9,7 +9,7 @@ A teacher is one of
 * fine-tuned from `name_or_path` (`finetune: full | lora | qlora`): its tokenizer loaded
   from there, then `sdce train` from those weights, all of them or LoRA adapters (peft;
   QLoRA on a 4-bit base needs CUDA). An adapter folder is merged into its base when the
-  teacher is loaded (`sdce.teachers.surrogate.load_teacher_lm`);
+  teacher is loaded (`sdce.teachers.lm.load_teacher_lm`);
 * used as is (`finetune: none`).
 
 These helpers turn the spec into the config slices the rules pass to the `sdce` CLI, and
@@ -19,8 +19,7 @@ check a study's runs against its teachers before anything runs.
 from __future__ import annotations
 
 from sdce import config as cfg
-
-LM_OBJECTIVES = ("surrogate", "kl")
+from sdce import objectives
 
 
 def needs_training(spec: dict) -> bool:
@@ -42,19 +41,19 @@ def training_run(spec: dict) -> dict:
     if spec["name_or_path"] is not None:
         model["from_pretrained"] = spec["name_or_path"]
         model["adapter"] = "none" if spec["finetune"] == "full" else spec["finetune"]
-    run = {"model": model, "training": spec["training"], "guidance": {"objective": "ce"}}
+    run = {"model": model, "training": spec["training"], "guidance": {}}  # the default objective
     return cfg.validate(run, "run")
 
 
 def cache_spec(name: str, teacher: dict, runs: dict[str, dict]) -> dict | None:
     """The `teacher_cache` slice of teacher `name`: every signal its cached runs read, built
     in one pass (None when no run reads it from the cache)."""
-    from sdce.teachers.surrogate import signal_name, signal_spec
+    from sdce.teachers.lm import signal_name
 
     signals = {
-        signal_name(signal_spec(g)): signal_spec(g)
+        signal_name(objectives.signal_spec(g)): objectives.signal_spec(g)
         for g in (run["guidance"] for run in runs.values())
-        if g["objective"] in LM_OBJECTIVES and g["teacher"] == name and g["teacher_source"] == "cache"
+        if objectives.lm_teacher(g) == name and not objectives.reads_online(g)
     }
     if not signals:
         return None
@@ -75,13 +74,14 @@ def check_study(study: dict, runs: dict[str, dict]) -> None:
             )
     for run_name, run in runs.items():
         g = run["guidance"]
-        if g["objective"] not in LM_OBJECTIVES:
+        if objectives.lm_teacher(g) is None:
             continue
         where = f"runs.{run_name}.guidance"
         if g["teacher"] not in teachers:
             known = ", ".join(sorted(teachers)) or "none"
             raise cfg.ConfigError(f"{where}.teacher: '{g['teacher']}' is not one of teachers ({known})")
-        if g["objective"] == "kl" and g["kl"]["top_k"] is None and g["teacher_source"] == "cache":
+        if objectives.signal_spec(g)["top_k"] is None and not objectives.reads_online(g):
             raise cfg.ConfigError(
-                f"{where}.kl.top_k: null (dense) needs teacher_source: online; the cache stores top-k"
+                f"{where}.{g['objective']}.top_k: null (dense) needs teacher_source: online; "
+                "the cache stores top-k"
             )

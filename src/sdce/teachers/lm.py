@@ -1,4 +1,4 @@
-"""Causal-LM teachers with their own tokenizer: the surrogate and the distillation teacher.
+"""Causal-LM teachers with their own tokenizer (what the surrogate and kl objectives read).
 
 A teacher is any model `AutoModelForCausalLM` loads (a folder, a LoRA adapter folder
 written by `sdce train`, or a name already in the local Hugging Face cache) with its
@@ -49,22 +49,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class TeacherError(ValueError):
     pass
-
-
-def signal_spec(guidance: dict) -> dict:
-    """What the teacher of a validated surrogate/kl `guidance` must produce."""
-    objective = guidance["objective"]
-    if objective == "surrogate":
-        s = guidance["surrogate"]
-        return {"top_k": s["top_k"], "probability_threshold": s["probability_threshold"], "temperature": 1.0}
-    if objective == "kl":
-        s = guidance["kl"]
-        return {
-            "top_k": s["top_k"],
-            "probability_threshold": s["probability_threshold"],
-            "temperature": s["temperature"],
-        }
-    raise TeacherError(f"objective '{objective}' has no LM teacher")
 
 
 def signal_name(spec: dict) -> str:
