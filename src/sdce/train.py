@@ -32,7 +32,7 @@ from sdce import config as cfg
 from sdce.backends import TrainingError
 from sdce.data import batches
 from sdce.data.shards import load_shard, sidecar
-from sdce.evaluation.validation import evaluate_loss
+from sdce.evaluation import validation
 from sdce.io import atomic_dir, read_json, stable_hash, write_json
 from sdce.model import build_model, count_parameters
 from sdce.schedules import guidance_weight
@@ -305,7 +305,8 @@ def _train_process(
     tokens_per_step = spec["batch_size"] * block
 
     def run_eval(step: int) -> float:
-        loss, n = evaluate_loss(model, val_data, block, spec["eval_tokens"], micro, bk)
+        measure = validation.MEASURES[objective.validation]
+        loss, n = measure(model, val_data, block, spec["eval_tokens"], micro, bk)
         metrics.write(
             {
                 "kind": "eval",

@@ -46,3 +46,9 @@ def evaluate_loss(model, data, block_size: int, max_tokens: int | None, batch_si
     model.train(was_training)
     loss = (total[0] / total[1]).item()
     return loss, int(total[1].item())
+
+
+# objective.validation -> measure(model, data, block_size, max_tokens, batch_size, backend=None)
+# returning (loss, scored tokens): what the loop's periodic validation and the evaluation job
+# report as val_loss for the runs of that objective
+MEASURES = {"next_token": evaluate_loss}
