@@ -29,6 +29,7 @@ from sdce import config as cfg
 from sdce.data.shards import encode_documents
 from sdce.data.synthetic import generate_documents
 from sdce.data.tokenizer import train_bpe
+from sdce.job import Inputs, Job, Placement
 from sdce.model import build_model, count_parameters
 from sdce.train import train
 
@@ -93,19 +94,10 @@ def main() -> None:
         for name, procs, threads in configs:
             out = tmp / f"{procs}p{threads}t{rep}"
             loads.append(os.getloadavg()[0])
-            train(
-                run,
-                name="bench",
-                train_shard=tmp / "train.bin",
-                val_shard=tmp / "val.bin",
-                tokenizer_dir=tmp / "tok",
-                out_dir=out,
-                seed=1,
-                threads=threads,
-                progress=False,
-                processes=procs,
-                resume=False,
-            )
+            inputs = Inputs(str(tmp / "train.bin"), str(tmp / "val.bin"), str(tmp / "tok"))
+            placement = Placement(processes=procs, threads=threads)
+            job = Job(run=run, name="bench", seed=1, inputs=inputs, out=str(out), placement=placement)
+            train(job.replace(progress=False, resume=False))
             results[name].append(throughput(out))
     medians = {name: statistics.median(v) for name, v in results.items()}
     for name, value in medians.items():

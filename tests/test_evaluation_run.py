@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from tiny_training import tiny_job
 
 from sdce import config as cfg
 from sdce.data.synthetic import generate_minimal_pairs, write_minimal_pairs
@@ -33,16 +34,7 @@ def trained(tiny_data, tmp_path_factory):
         },
         "run",
     )
-    train(
-        spec,
-        name="m",
-        train_shard=tiny_data / "train.bin",
-        val_shard=tiny_data / "validation.bin",
-        tokenizer_dir=tiny_data / "tokenizer",
-        out_dir=out,
-        seed=1,
-        progress=False,
-    )
+    train(tiny_job(tiny_data, out, spec, name="m", seed=1))
     pairs = tmp_path_factory.mktemp("pairs")
     write_minimal_pairs(pairs, generate_minimal_pairs(5, seed=1))
     return out, pairs

@@ -271,7 +271,7 @@ if [[ "$1" == setup ]]; then
   eval "set -- $SDCE_TRAIN_ARGS"
   args=()
   for a in "$@"; do [[ "$a" == xla ]] && a=accelerate; args+=("$a"); done
-  (cd "$STAND_IN_HOME" && sdce train "${args[@]}") >> "$STAND_IN_LOG" 2>&1
+  (cd "$STAND_IN_HOME" && sdce train-job "${args[@]}") >> "$STAND_IN_LOG" 2>&1
 fi
 """
 

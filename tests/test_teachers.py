@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tiny_training import tiny_job
 
 from sdce import config as cfg
 from sdce import objectives
@@ -17,7 +18,7 @@ from sdce.model import build_model
 from sdce.teachers import distill
 from sdce.teachers.cache import CachedTeacher, CacheMismatch, build_caches
 from sdce.teachers.lm import LMTeacher, TeacherError, describe_teacher, load_teacher_lm
-from sdce.train import TrainingError, train
+from sdce.train import train
 
 torch.set_num_threads(1)
 BLOCK = 32
@@ -174,7 +175,8 @@ def test_a_cache_for_another_tokenizer_shard_or_signal_is_refused(tiny_data, cac
         CachedTeacher.load(root / "k6_p0.02_t1", {**SURROGATE, "top_k": 5}, train_shard=shard)
     guidance = cfg.validate({"objective": "surrogate", "surrogate": {"top_k": 5}}, "guidance")
     with pytest.raises(
-        objectives.ObjectiveError, match="holds the signals k6_p0.02_t1, k8_p0_t2; the run asks for k5_p0.02_t1"
+        objectives.ObjectiveError,
+        match="holds the signals k6_p0.02_t1, k8_p0_t2; the run asks for k5_p0.02_t1",
     ):
         objectives.load_teacher(guidance, str(root), None, "cpu", train_shard=shard)
 
@@ -234,18 +236,8 @@ def train_spec(objective, **guidance):
     )
 
 
-def train_on(tiny_data, run, out, tokenizer_dir, teacher_path=None):
-    return train(
-        run,
-        name="r",
-        train_shard=tiny_data / "train.bin",
-        val_shard=tiny_data / "validation.bin",
-        tokenizer_dir=tokenizer_dir,
-        out_dir=out,
-        seed=1,
-        teacher_path=teacher_path,
-        progress=False,
-    )
+def train_on(tiny_data, run, out, tokenizer_dir, teacher_path=None, **kw):
+    return train(tiny_job(tiny_data, out, run, seed=1, teacher=teacher_path, tokenizer=tokenizer_dir, **kw))
 
 
 @pytest.mark.parametrize(
@@ -336,16 +328,9 @@ def test_lora_run_resumes_from_its_adapter_checkpoint(tiny_data, student_tok, tm
         "run",
     )
     full = train_on(tiny_data, run, tmp_path / "full", tmp_path / "base")
-    kw = dict(
-        name="r",
-        train_shard=tiny_data / "train.bin",
-        val_shard=tiny_data / "validation.bin",
-        tokenizer_dir=tmp_path / "base",
-        seed=1,
-        progress=False,
-    )
-    assert train(run, out_dir=tmp_path / "cut", stop_after=2, **kw) == {"stopped_at": 2}
-    resumed = train(run, out_dir=tmp_path / "cut", **kw)
+    cut = tmp_path / "cut"
+    assert train_on(tiny_data, run, cut, tmp_path / "base", stop_after=2) == {"stopped_at": 2}
+    resumed = train_on(tiny_data, run, cut, tmp_path / "base")
     # resumes from the adapter weights, bit-identical to the uninterrupted run: the LoRA
     # init is seeded (build_model) and the dropout RNG continues from the checkpoint
     assert resumed["final_val_loss"] == full["final_val_loss"]

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from tiny_training import tiny_job
 
 from sdce import config as cfg
 from sdce.train import TrainingError, train
@@ -37,18 +38,7 @@ def run_spec(objective="bigram", **training):
 
 
 def do_train(data, out, spec, **kw):
-    return train(
-        spec,
-        name="r",
-        train_shard=data / "train.bin",
-        val_shard=data / "validation.bin",
-        tokenizer_dir=data / "tokenizer",
-        out_dir=out,
-        seed=5,
-        teacher_path=data / "bigram.npz",
-        progress=False,
-        **kw,
-    )
+    return train(tiny_job(data, out, spec, teacher=data / "bigram.npz", **kw))
 
 
 def records(out):
@@ -124,16 +114,7 @@ def test_bad_input_fails_before_training(tmp_path, tiny_data):
     with pytest.raises(TrainingError, match="fp16 needs a CUDA device"):
         do_train(tiny_data, tmp_path / "x", run_spec(precision="fp16"))
     with pytest.raises(ValueError, match="needs the bigram table"):
-        train(
-            run_spec(),
-            name="r",
-            train_shard=tiny_data / "train.bin",
-            val_shard=tiny_data / "validation.bin",
-            tokenizer_dir=tiny_data / "tokenizer",
-            out_dir=tmp_path / "y",
-            seed=1,
-            progress=False,
-        )
+        train(tiny_job(tiny_data, tmp_path / "y", run_spec(), seed=1))
 
 
 def test_bf16_autocast_runs_and_tracks_fp32(tmp_path, tiny_data):

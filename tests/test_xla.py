@@ -24,7 +24,7 @@ def spec(**training):
 def xla_train(data, out, run_spec, *extra, check=True):
     args = [
         str(XLA_BIN / "sdce"),
-        "train",
+        "train-job",
         "--params",
         json.dumps(run_spec),
         "--name",

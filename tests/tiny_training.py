@@ -31,21 +31,31 @@ def tiny_run(objective="bigram", model=None, **training):
     return cfg.validate(run, "run")
 
 
+PLACEMENT = ("processes", "threads", "backend", "launcher", "checkpoint_uri")
+
+
+def tiny_job(data, out, run, *, name="r", seed=5, teacher=None, tokenizer=None, **kw):
+    """The `sdce.job.Job` of `run` on `tiny_data` (keyword arguments: placement fields or
+    Job fields)."""
+    from sdce.job import Inputs, Job, Placement
+
+    inputs = Inputs(
+        str(data / "train.bin"),
+        str(data / "validation.bin"),
+        str(tokenizer or data / "tokenizer"),
+        str(teacher) if teacher else None,
+    )
+    placement = Placement(**{k: kw.pop(k) for k in PLACEMENT if k in kw})
+    kw.setdefault("progress", False)
+    return Job(run=run, name=name, seed=seed, inputs=inputs, out=str(out), placement=placement, **kw)
+
+
 def train_tiny(data, out, run, **kw):
     """`sdce.train.train` of `run` on `tiny_data` (seed 5, the bigram table when guided)."""
     from sdce.train import train
 
     teacher = data / "bigram.npz" if run["guidance"]["objective"] == "bigram" else None
-    kw = {"seed": 5, "teacher_path": teacher, "progress": False, **kw}
-    return train(
-        run,
-        name="r",
-        train_shard=data / "train.bin",
-        val_shard=data / "validation.bin",
-        tokenizer_dir=data / "tokenizer",
-        out_dir=out,
-        **kw,
-    )
+    return train(tiny_job(data, out, run, teacher=kw.pop("teacher", teacher), **kw))
 
 
 def loss_curve(out):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # TPU pod lifecycle for sdce training: queued resource -> ACTIVE -> workers prepared ->
-# `sdce train` on every worker (PJRT_DEVICE=TPU, --worker=all) -> monitor / resume / stop.
+# `sdce train-job` on every worker (PJRT_DEVICE=TPU, --worker=all) -> monitor / resume / stop.
 #
 # Usage: infra/gcloud/tpu-pod.sh [--dry-run] [--config FILE] COMMAND [ARG]
 #
@@ -11,7 +11,7 @@
 #   create      only the queued resource: create (unless it exists) and wait for ACTIVE
 #   resume      after a preemption or a stop: re-create the queued resource if it is
 #               SUSPENDED or FAILED (or gone), prepare the workers again and relaunch;
-#               `sdce train` resumes from its last checkpoint
+#               `sdce train-job` resumes from its last checkpoint
 #   status      states of the queued resource and of the TPU node
 #   monitor     poll status and the tail of worker 0's log until the run ends or the queued
 #               resource fails (bounded by SDCE_MONITOR_MINUTES); SDCE_AUTO_RESUME=1
@@ -34,7 +34,7 @@
 #   SDCE_BUCKET           artifacts bucket (name or gs://name)            (setup, resume)
 #   SDCE_TPU_NAME         name of the queued resource and of its TPU node       [sdce-tpu]
 #   SDCE_SPOT             1: Spot capacity (preemptible, cheaper); 0: on-demand        [1]
-#   SDCE_TRAIN_ARGS       arguments of `sdce train` on the workers, e.g.
+#   SDCE_TRAIN_ARGS       arguments of `sdce train-job` on the workers, e.g.
 #                         "--config config/config.yaml --name r1 --seed 1 ..."  (setup, resume)
 #   SDCE_TPU_IMAGE        tpu image (registry path@sha256:digest); unset: pip-install the
 #                         package from the uploaded code with containers/constraints-tpu.txt
@@ -224,7 +224,7 @@ validate() {
       elif ! valid_bucket "${SDCE_BUCKET}"; then
         errors+=("SDCE_BUCKET='${SDCE_BUCKET}' breaks Cloud Storage bucket naming rules (3-63 characters of lowercase letters, digits, '-', '_', '.', starting and ending with a letter or digit, no 'goog' prefix, no 'google', not an IP address)")
       fi
-      [[ -n "${SDCE_TRAIN_ARGS}" ]] || errors+=("SDCE_TRAIN_ARGS is not set: set it to the arguments of 'sdce train' (e.g. \"--config config/config.yaml --name run1 --seed 1 ...\")")
+      [[ -n "${SDCE_TRAIN_ARGS}" ]] || errors+=("SDCE_TRAIN_ARGS is not set: set it to the arguments of 'sdce train-job' (e.g. \"--config config/config.yaml --name run1 --seed 1 ...\")")
       [[ ! "${SDCE_RUN_ID}" =~ ^[A-Za-z0-9._-]+$ ]] && errors+=("SDCE_RUN_ID='${SDCE_RUN_ID}' must be letters, digits, '.', '_' or '-'")
       ;;
   esac
@@ -485,11 +485,11 @@ launch() {
   local train
   if [[ -n "${SDCE_TPU_IMAGE}" ]]; then
     # --privileged and the devices' group: the image's non-root user opens /dev/accel*.
-    train="sudo docker rm -f ${CONTAINER_NAME} >/dev/null 2>&1 || true; nohup sudo docker run --rm --name ${CONTAINER_NAME} --privileged --net=host --group-add \$(stat -c %g /dev/accel0) -e PJRT_DEVICE=TPU -v ${REMOTE_DIR}:/workdir -w /workdir ${SDCE_TPU_IMAGE} sdce train ${SDCE_TRAIN_ARGS}"
+    train="sudo docker rm -f ${CONTAINER_NAME} >/dev/null 2>&1 || true; nohup sudo docker run --rm --name ${CONTAINER_NAME} --privileged --net=host --group-add \$(stat -c %g /dev/accel0) -e PJRT_DEVICE=TPU -v ${REMOTE_DIR}:/workdir -w /workdir ${SDCE_TPU_IMAGE} sdce train-job ${SDCE_TRAIN_ARGS}"
   else
-    train="cd ${REMOTE_DIR} && PJRT_DEVICE=TPU nohup ${REMOTE_VENV}/bin/sdce train ${SDCE_TRAIN_ARGS}"
+    train="cd ${REMOTE_DIR} && PJRT_DEVICE=TPU nohup ${REMOTE_VENV}/bin/sdce train-job ${SDCE_TRAIN_ARGS}"
   fi
-  log "launching 'sdce train' on all workers of ${SDCE_TPU_NAME} (PJRT_DEVICE=TPU)"
+  log "launching 'sdce train-job' on all workers of ${SDCE_TPU_NAME} (PJRT_DEVICE=TPU)"
   # Detached, one log per worker, pid recorded for 'stop'.
   on_workers all "${FREE_ACCEL}; mkdir -p ${REMOTE_LOGS}; (${train}) > ${REMOTE_LOGS}/worker.log 2>&1 < /dev/null & echo \$! > ${REMOTE_LOGS}/train.pid"
 }

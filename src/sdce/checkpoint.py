@@ -133,3 +133,104 @@ def pull_latest(remote, root: Path, config_hash: str) -> Path | None:
             remote.download_dir(f"{REMOTE_CHECKPOINTS}/{name}", tmp)
         return root / name
     return local
+
+
+class Checkpointer:
+    """A run's checkpoints: save, rotate and push (to the bucket, when the run has one),
+    pull from the bucket and restore (full weights, or a LoRA run's adapters), and the
+    words-seen milestones, kept beside them and never rotated.
+
+    `work` is the run's work/ folder; `metrics` its MetricsLog (truncated to the restored
+    step); `backend` the process's backend (main process, barriers, gathered states).
+    """
+
+    def __init__(self, work: Path, config_hash: str, spec: dict, backend, metrics, remote=None):
+        self.work, self.config_hash, self.spec = work, config_hash, spec
+        self.backend, self.metrics, self.remote = backend, metrics, remote
+        self.root, self.milestones = work / "checkpoints", work / "milestones"
+
+    def find(self, resume: bool, resume_from: str | None) -> Path | None:
+        """The checkpoint to continue from: an explicit one, else this run's newest (pulled
+        from the bucket first when this machine has none), else None."""
+        if resume and self.remote is not None and resume_from is None and self.backend.is_local_main:
+            # a machine without this run's checkpoints (preempted, rescheduled) takes the
+            # bucket's newest, with the metrics and milestones written up to it
+            if pull_latest(self.remote, self.root, self.config_hash) is not None:
+                if self.remote.exists("metrics.jsonl"):
+                    self.remote.download_file("metrics.jsonl", self.metrics.path)
+                    self.remote.download_dir("milestones", self.milestones)
+        self.backend.barrier("pull")
+        if resume_from is not None:  # checked by sdce.job.launch
+            last = Path(resume_from)
+            theirs = last.parent.parent / "metrics.jsonl"  # its run's work/metrics.jsonl
+            if self.backend.is_main and last.parent.resolve() != self.root.resolve() and theirs.exists():
+                self.work.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(theirs, self.metrics.path)
+            return last
+        return latest(self.root, self.config_hash) if resume else None
+
+    def restore(self, folder: Path | None, model, scheduler) -> tuple[dict | None, int, int]:
+        """Load `folder` into the model and scheduler (the optimizer after the backend has
+        prepared it: `restore_optimizer`); (trainer state, step, tokens). Without a
+        checkpoint, stale checkpoints and milestones of another config are removed."""
+        if folder is None:
+            if self.backend.is_main:
+                shutil.rmtree(self.root, ignore_errors=True)
+                shutil.rmtree(self.milestones, ignore_errors=True)
+            self.metrics.reset()
+            return None, 0, 0
+        state = load_trainer_state(folder)
+        if hasattr(model, "peft_config"):  # a LoRA run checkpoints its adapter weights only
+            from peft import load_peft_weights, set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, load_peft_weights(str(folder / "model")))
+        else:
+            from sdce.model import load_model
+
+            model.load_state_dict(load_model(folder / "model").state_dict())
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        info = read_json(folder / STATE)
+        self.metrics.truncate(info["step"])
+        self.backend.print(f"resumed from {folder} at step {info['step']}")
+        return state, info["step"], info["tokens"]
+
+    def restore_optimizer(self, state: dict | None, model, optimizer) -> None:
+        if state is None:
+            return
+        self.backend.load_optimizer_state(model, optimizer, state["optimizer"])
+        if "scaler" in state and self.backend.scaler() is not None:
+            self.backend.scaler().load_state_dict(state["scaler"])
+
+    def save(self, step: int, tokens: int, model, tokenizer, optimizer, scheduler, extra: dict) -> None:
+        """A checkpoint at `step` (every process: FSDP gathers), rotated and pushed."""
+        bk = self.backend
+        bk.barrier("checkpoint")
+        weights = bk.model_state(model)
+        optimizer_state = bk.optimizer_state(model, optimizer)
+        if bk.is_main:
+            folder = self.root / f"step_{step:07d}"
+            info = {"step": step, "tokens": tokens, "words": self.metrics.words(tokens), **extra}
+            info["config_hash"] = self.config_hash
+            save(folder, bk.unwrap(model), tokenizer, optimizer_state, scheduler, info,
+                 model_state=weights, scaler=bk.scaler())  # fmt: skip
+            rotate(self.root, self.spec["save_total_limit"])
+            if self.remote is not None:  # synchronous: the step waits for the upload
+                push(self.remote, folder, self.spec["save_total_limit"])
+                self.remote.upload_file(self.metrics.path, "metrics.jsonl")
+        bk.barrier("checkpoint-saved")
+
+    def milestone(self, words: int, step: int, tokens: int, model, tokenizer, extra: dict) -> None:
+        """Keep the model at the `words` milestone (every process: FSDP gathers)."""
+        folder = self.milestones / f"words_{words}"
+        weights = self.backend.model_state(model)
+        if self.backend.is_main and not (folder / STATE).exists():
+            info = {"step": step, "tokens": tokens, "words": self.metrics.words(tokens), "milestone": words}
+            with atomic_dir(folder) as tmp:
+                self.backend.unwrap(model).save_pretrained(str(tmp), state_dict=weights)
+                tokenizer.save_pretrained(str(tmp))
+                write_json(
+                    tmp / STATE, {**info, "config_hash": self.config_hash, **extra, "versions": versions()}
+                )
+            if self.remote is not None:
+                self.remote.upload_dir(folder, f"milestones/{folder.name}", last=STATE)

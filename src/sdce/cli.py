@@ -13,6 +13,7 @@ import sys
 import time
 
 from sdce import config as cfg
+from sdce import predecessor
 
 
 def _params(args, pointer: str, where: str, base: dict | None = None) -> dict:
@@ -121,75 +122,35 @@ def cmd_cache_teacher(args) -> None:
         )
 
 
-def cmd_train(args) -> None:
-    from sdce.train import train
+def cmd_train_job(args) -> None:
+    from sdce.job import Inputs, Job, Placement, launch
 
-    if args.config:  # standalone: a study config and one of its runs
+    if args.config:  # a study config and one of its runs
         study = cfg.load(args.config)
         run = cfg.resolve_run(study, args.name)
     else:
         run = _params(
             args, "$defs/run", f"runs.{args.name}", base={"model": {}, "training": {}, "guidance": {}}
         )
-    uri = None if args.checkpoint_uri in (None, "", "none") else args.checkpoint_uri
-    if args.launcher == "tpu-pod":
-        from sdce.tpu_pod import submit
-
-        summary = submit(
-            run,
-            name=args.name,
-            seed=args.seed,
-            train_shard=args.train_shard,
-            val_shard=args.val_shard,
-            tokenizer_dir=args.tokenizer,
-            teacher_path=args.teacher,
-            out_dir=args.out,
-            checkpoint_uri=uri,
-            fold=args.fold,
-        )
-        print(json.dumps(summary, sort_keys=True))
-        return
-    inputs = _local_inputs(args)
-    summary = train(
-        run,
+    job = Job(
+        run=run,
         name=args.name,
-        train_shard=inputs["train_shard"],
-        val_shard=inputs["val_shard"],
-        tokenizer_dir=inputs["tokenizer"],
-        out_dir=args.out,
         seed=args.seed,
         fold=args.fold,
-        teacher_path=inputs["teacher"],
-        threads=args.threads,
+        inputs=Inputs(args.train_shard, args.val_shard, args.tokenizer, args.teacher),
+        out=args.out,
+        placement=Placement(
+            processes=args.processes,
+            threads=args.threads,
+            backend=args.backend,
+            launcher=args.launcher,
+            checkpoint_uri=None if args.checkpoint_uri in (None, "", "none") else args.checkpoint_uri,
+        ),
         resume=not args.no_resume,
         progress=not args.no_progress,
         stop_after=args.stop_after,
-        processes=args.processes,
-        backend=args.backend,
-        checkpoint_uri=uri,
     )
-    print(json.dumps(summary, sort_keys=True))
-
-
-def _seeds_train(argv: list[str]) -> bool:
-    """`sdce train` with the seeds' config file or flags (sdce.standalone), not a study run."""
-    from sdce.standalone import is_seeds_invocation
-
-    return is_seeds_invocation(argv)
-
-
-def _local_inputs(args) -> dict:
-    """Inputs given as gs:// (TPU pod workers) are fetched under the run's work/inputs."""
-    from sdce import storage
-
-    cache = f"{args.out}/work/inputs"
-    found = {}
-    for key in ("train_shard", "val_shard", "tokenizer", "teacher"):
-        path = getattr(args, key)
-        found[key] = storage.fetch(path, cache) if path else None
-        if path and key.endswith("_shard") and storage.is_uri(path):
-            storage.fetch(path + ".json", cache)  # the shard's sidecar
-    return found
+    print(json.dumps(launch(job), sort_keys=True))
 
 
 def _named_folders(items: list[str] | None) -> dict[str, str]:
@@ -294,12 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--meta", required=True)
 
-    sp = add("train", cmd_train, "train one run with one seed")
-    sp.add_argument(
-        "--config",
-        help="a study config (standalone use with --name; else --params); a seeds-style config "
-        "(sections model, surrogate, data, training) runs on its own: sdce train --config FILE --help",
+    sp = sub.add_parser(
+        "train",
+        help="train one model from a predecessor-style config and flags (docs/predecessor-configs.md)",
+        description="Train one model from the predecessor trainer's YAML (sections model, surrogate, "
+        "data, training, evaluation); flags override the file. Data, tokenizer and shards are "
+        "prepared under output_dir and reused by the next run with the same inputs.",
     )
+    sp.set_defaults(fn=predecessor.cmd_train)
+    predecessor.add_arguments(sp)
+
+    sp = add("train-job", cmd_train_job, "train one run of a study with one seed (the train rule's job)")
+    sp.add_argument("--config", help="a study config whose run --name to train (instead of --params)")
     sp.add_argument("--name", required=True, help="run name")
     sp.add_argument("--seed", type=int, required=True)
     sp.add_argument("--fold", default="main", help="the data partition: main or fold<i> (report label)")
@@ -386,13 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"] and _seeds_train(argv[1:]):
-        from sdce import standalone  # the seeds' config and flags (sdce.standalone)
-
-        args = standalone.build_parser().parse_args(argv[1:])
-        args.command, args.fn = "train", standalone.cmd_train
-    else:
-        args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         args.fn(args)
     except (ValueError, FileNotFoundError) as e:

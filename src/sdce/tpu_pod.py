@@ -85,73 +85,41 @@ def upload_inputs(remote: storage.Remote, inputs: dict[str, str]) -> dict[str, s
     return located
 
 
-def worker_args(
-    run: dict, *, name: str, seed: int, located: dict[str, str], checkpoint_uri: str, fold: str = "main"
-) -> str:
-    args = [
-        "--params",
-        json.dumps(run, sort_keys=True),
-        "--name",
-        name,
-        "--seed",
-        str(seed),
-        "--fold",
-        fold,
-        "--train-shard",
-        located["train"],
-        "--val-shard",
-        located["validation"],
-        "--tokenizer",
-        located["tokenizer"],
-        "--backend",
-        "xla",
-        "--checkpoint-uri",
-        checkpoint_uri,
-        "--out",
-        f"tpu-runs/{name}/{fold}/seed{seed}",
-        "--no-progress",
-    ]
+def worker_args(job, located: dict[str, str]) -> str:
+    """The `sdce train-job` arguments of every pod worker: `job` on the uploaded inputs, on XLA,
+    with the job's bucket location."""
+    out = f"tpu-runs/{job.name}/{job.fold}/seed{job.seed}"
+    args = ["--params", json.dumps(job.run, sort_keys=True), "--name", job.name, "--seed", str(job.seed)]
+    args += ["--fold", job.fold, "--train-shard", located["train"], "--val-shard", located["validation"]]
+    args += ["--tokenizer", located["tokenizer"], "--backend", "xla"]
+    args += ["--checkpoint-uri", job.placement.checkpoint_uri, "--out", out, "--no-progress"]
     if "teacher" in located:
         args += ["--teacher", located["teacher"]]
     return shlex.join(args)
 
 
-def submit(
-    run: dict,
-    *,
-    name: str,
-    seed: int,
-    train_shard: str,
-    val_shard: str,
-    tokenizer_dir: str,
-    out_dir: str,
-    checkpoint_uri: str | None,
-    teacher_path: str | None = None,
-    fold: str = "main",
-) -> dict:
-    from sdce.data.shards import load_shard
-    from sdce.train import run_hash
-
-    script = check(checkpoint_uri)
-    remote = storage.open_remote(checkpoint_uri)
-    out = Path(out_dir)
-    expected = run_hash(run, seed, load_shard(train_shard)[1], teacher_path is not None)
-    pod = os.environ.get("SDCE_TPU_NAME") or run_id(name, seed, checkpoint_uri)
+def submit(job) -> dict:
+    """Train `job` (an `sdce.job.Job` with launcher tpu-pod) on a TPU VM pod; its summary."""
+    uri = job.placement.checkpoint_uri
+    script = check(uri)
+    remote = storage.open_remote(uri)
+    out = Path(job.out)
+    expected = job.config_hash()
+    pod = os.environ.get("SDCE_TPU_NAME") or run_id(job.name, job.seed, uri)
     env = {**os.environ, "SDCE_TPU_NAME": pod}
     if _final_hash(remote) == expected:
-        print(f"tpu-pod: {checkpoint_uri} already holds this run's final outputs", flush=True)
+        print(f"tpu-pod: {uri} already holds this run's final outputs", flush=True)
     else:
         remote.delete(storage.FINAL)  # another config's outputs
-        inputs = {"train": train_shard, "validation": val_shard, "tokenizer": tokenizer_dir}
-        if teacher_path:
-            inputs["teacher"] = teacher_path
+        inputs = {"train": job.inputs.train_shard, "validation": job.inputs.val_shard}
+        inputs["tokenizer"] = job.inputs.tokenizer
+        if job.inputs.teacher:
+            inputs["teacher"] = job.inputs.teacher
         located = upload_inputs(remote, inputs)
         env.update(
             SDCE_BUCKET=remote.bucket_name,
             SDCE_RUN_ID=pod,
-            SDCE_TRAIN_ARGS=worker_args(
-                run, name=name, seed=seed, located=located, checkpoint_uri=checkpoint_uri, fold=fold
-            ),
+            SDCE_TRAIN_ARGS=worker_args(job, located),
             SDCE_AUTO_RESUME="1",
         )
         print(f"tpu-pod: {script} setup (pod {pod})", flush=True)

@@ -226,7 +226,7 @@ def test_dry_run_setup():
     assert "pip install" in prepare and "torch_xla" not in prepare.split("pip install")[0]
     assert "sudo lsof -t /dev/accel*" in launch
     assert "PJRT_DEVICE=TPU" in launch
-    assert "sdce train --config config/config.yaml --name r1 --seed 1" in launch
+    assert "sdce train-job --config config/config.yaml --name r1 --seed 1" in launch
     assert "$HOME/sdce-logs/worker.log" in launch and "train.pid" in launch
     order = [" ".join(c[:5]) for c in cmds]
     assert order.index("gcloud compute tpus queued-resources create") < next(
@@ -248,7 +248,7 @@ def test_dry_run_setup_on_demand_internal_ips_and_image():
     assert f"sudo docker pull {image}" in prepare
     assert "configure-docker us-central1-docker.pkg.dev" in prepare
     assert "--privileged --net=host" in launch and "-e PJRT_DEVICE=TPU" in launch
-    assert f"{image} sdce train --config" in launch
+    assert f"{image} sdce train-job --config" in launch
 
 
 def test_dry_run_create_existing_resource_is_reused():
@@ -276,7 +276,7 @@ def test_dry_run_resume_replaces_suspended_resource():
     (d,) = gcloud_calls(cmds, "compute", "tpus", "queued-resources", "delete")
     assert flags(d)["force"] is True
     launch = flags(gcloud_calls(cmds, "compute", "tpus", "tpu-vm", "ssh")[-1])["command"]
-    assert "sdce train" in launch
+    assert "sdce train-job" in launch
 
 
 def test_dry_run_resume_on_active_resource_stops_then_relaunches():
@@ -286,7 +286,7 @@ def test_dry_run_resume_on_active_resource_stops_then_relaunches():
     assert not gcloud_calls(cmds, "compute", "tpus", "queued-resources", "create")
     ssh = [flags(c)["command"] for c in gcloud_calls(cmds, "compute", "tpus", "tpu-vm", "ssh")]
     assert "train.pid" in ssh[0] and "kill" in ssh[0]
-    assert "sdce train" in ssh[-1]
+    assert "sdce train-job" in ssh[-1]
 
 
 def test_dry_run_status_monitor_logs_ssh_stop_cleanup():

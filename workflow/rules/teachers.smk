@@ -17,7 +17,7 @@ rule bigram:
 
 
 # LM teachers: a surrogate trained from scratch with its own tokenizer, or a pretrained
-# model fine-tuned here, both through `sdce train` (objective ce); then its descriptor
+# model fine-tuned here, both through `sdce train-job` (objective ce); then its descriptor
 # (checked against the student tokenizer) and its cache: one pass over the training shard
 # storing every signal the runs read, each in a subfolder. Like the student's data, all
 # of it is per data partition (the teacher learns from the partition's training split
@@ -78,7 +78,7 @@ rule teacher_train:
         run=teacher_run_json,
         seed=teacher_seed,
     shell:
-        "sdce train --params {params.run:q} --name {wildcards.teacher} --seed {params.seed}"
+        "sdce train-job --params {params.run:q} --name {wildcards.teacher} --seed {params.seed}"
         " --train-shard {input.train} --val-shard {input.validation} --tokenizer {input.tokenizer}"
         " --threads {threads} --no-progress --out $(dirname {output.summary}) > {log} 2>&1"
 

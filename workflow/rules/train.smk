@@ -21,7 +21,7 @@ rule train:
         run=run_json,
         teacher=teacher_arg,
     shell:
-        "sdce train --params {params.run:q} --name {wildcards.run} --fold {wildcards.fold} --seed {wildcards.seed}"
+        "sdce train-job --params {params.run:q} --name {wildcards.run} --fold {wildcards.fold} --seed {wildcards.seed}"
         " --train-shard {input.train} --val-shard {input.validation} --tokenizer {input.tokenizer}"
         " {params.teacher} --threads {threads} --processes {resources.processes}"
         " --launcher {resources.launcher} --checkpoint-uri {resources.checkpoint_uri}"

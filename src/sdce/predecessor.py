@@ -1,6 +1,6 @@
-"""One training outside Snakemake from the seeds' configuration: `sdce train --config FILE`.
+"""One training outside Snakemake from the predecessor's configuration: `sdce train --config FILE`.
 
-The predecessor scripts (one `train.py`, "the seeds") read a YAML with the sections
+The predecessor trainer (one `train.py`) read a YAML with the sections
 `model`, `surrogate`, `data`, `training` and `evaluation`, and flags such as `--base_model`,
 `--surrogate_k` or `--standard_training` over it. This module takes those files and flags
 unchanged, translates them into sdce's own validated sections (corpus, split, tokenizer,
@@ -10,11 +10,11 @@ teacher, run) and runs the pipeline's stage functions in order into `training.ou
     tokenizer/                      the student's pretrained tokenizer (sdce.data.tokenizer)
     shards/{train,validation}.bin   token shards (sdce.data.shards)
     teacher.json                    the surrogate checked against the student (sdce.teachers.lm)
-    sdce.json                       the seeds' settings and the sdce settings they became
+    sdce.json                       the predecessor's settings and the sdce settings they became
     model/, metrics.jsonl, ...      the run (sdce.train.train, the one training loop)
 
 A stage whose inputs did not change since the last call is skipped (data/stages.json), so
-running the same command again (to resume) goes straight to training. Every seeds key maps
+running the same command again (to resume) goes straight to training. Every predecessor key maps
 to an sdce key, or is refused or reported with its name (README, "Standalone training").
 
 Epochs become optimizer steps from the encoded training tokens:
@@ -54,7 +54,7 @@ TRACKERS = ("tensorboard", "wandb")
 _S, _I, _N, _B = (str,), (int,), (int, float), (bool,)
 TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true/false", list: "a list"}
 
-# The seeds' layout: section -> key -> (the seeds' default, accepted types). None = unset:
+# The predecessor's layout: section -> key -> (the predecessor's default, accepted types). None = unset:
 # the sdce schema's default applies (each mapping below says which).
 LAYOUT: dict[str, dict[str, tuple]] = {
     "model": {
@@ -142,8 +142,8 @@ CHOICES = {
     "training.mixed_precision": tuple(PRECISIONS),
 }
 
-# sdce keys (as validation and training errors name them) -> the seeds' keys they come from
-SEEDS_NAMES = {
+# sdce keys (as validation and training errors name them) -> the predecessor's keys they come from
+PREDECESSOR_NAMES = {
     "training.steps": "training.num_epochs",
     "training.batch_size": "training.per_device_train_batch_size x gradient_accumulation_steps",
     "training.micro_batch_size": "training.per_device_train_batch_size",
@@ -167,21 +167,21 @@ SEEDS_NAMES = {
 }
 
 
-def in_seeds_terms(message: str) -> str:
-    """`message` with the seeds' names of the sdce keys it mentions appended."""
+def in_predecessor_terms(message: str) -> str:
+    """`message` with the predecessor's names of the sdce keys it mentions appended."""
     hits = [
-        f"{key} is the seeds' {seeds}"
-        for key, seeds in SEEDS_NAMES.items()
+        f"{key} is the predecessor's {old}"
+        for key, old in PREDECESSOR_NAMES.items()
         if re.search(rf"(?<!\w){re.escape(key)}(?!\w)", message)
     ]
     return message + (f" ({'; '.join(hits)})" if hits else "")
 
 
-# --- the seeds' configuration: file, flags, checks ---------------------------------------------
+# --- the predecessor's configuration: file, flags, checks ---------------------------------------------
 
 
-def is_seeds_layout(doc) -> bool:
-    """A seeds-style config: its own sections, none of a study config's own keys."""
+def is_predecessor_layout(doc) -> bool:
+    """A predecessor-style config: its own sections, none of a study config's own keys."""
     if not isinstance(doc, dict) or not doc:
         return False
     study_only = set(cfg.schema()["properties"]) - set(LAYOUT)
@@ -193,30 +193,6 @@ def is_seeds_layout(doc) -> bool:
         or (isinstance(model, dict) and "name_or_path" in model)
         or (isinstance(training, dict) and {"loss_type", "output_dir", "num_epochs"} & set(training))
     )
-
-
-def is_seeds_invocation(argv: list[str]) -> bool:
-    """`sdce train` arguments meant for this module: a seeds flag, or --config of a seeds file."""
-    seeds_flags = {flag for flag, _, _ in FLAGS} | {"--standard_training", "--kl_divergence", "--report_to"}
-    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-    if given & (seeds_flags - {"--seed"}):
-        return True
-    path = _config_arg(argv)
-    if path is None or not Path(path).is_file():
-        return False
-    try:
-        return is_seeds_layout(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
-    except yaml.YAMLError:
-        return False
-
-
-def _config_arg(argv: list[str]) -> str | None:
-    for i, a in enumerate(argv):
-        if a == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--config="):
-            return a.split("=", 1)[1]
-    return None
 
 
 def _check_value(where: str, value, types: tuple) -> None:
@@ -232,8 +208,8 @@ def _check_value(where: str, value, types: tuple) -> None:
         raise ConfigError(f"{where}: '{value}' is not one of {', '.join(CHOICES[where])}")
 
 
-def read_seeds(path: str | Path | None) -> dict:
-    """The sections of a seeds-style YAML as written, every key checked (unknown: an error)."""
+def read_predecessor(path: str | Path | None) -> dict:
+    """The sections of a predecessor-style YAML as written, every key checked (unknown: an error)."""
     if path is None:
         return {}
     path = Path(path)
@@ -242,6 +218,11 @@ def read_seeds(path: str | Path | None) -> dict:
     doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected sections {', '.join(LAYOUT)}")
+    if not is_predecessor_layout(doc) and "runs" in doc:
+        raise ConfigError(
+            f"{path} is a study config: run it with `snakemake --configfile {path}`, or one of its "
+            f"runs with `sdce train-job --config {path} --name RUN ...`"
+        )
     for section, values in doc.items():
         if section not in LAYOUT:
             raise ConfigError(f"{section} is not a known section (known: {', '.join(LAYOUT)})")
@@ -251,7 +232,9 @@ def read_seeds(path: str | Path | None) -> dict:
             raise ConfigError(f"{section}: expected a mapping of keys")
         for key, value in values.items():
             if key not in LAYOUT[section]:
-                raise ConfigError(f"{section}.{key} is not a known key of the seeds' {section} section")
+                raise ConfigError(
+                    f"{section}.{key} is not a known key of the predecessor's {section} section"
+                )
             if (section, key, value) == ("training", "mixed_precision", False):
                 values[key] = value = "no"  # YAML 1.1 reads an unquoted `no` as false
             _check_value(f"{section}.{key}", value, LAYOUT[section][key][1])
@@ -259,28 +242,28 @@ def read_seeds(path: str | Path | None) -> dict:
 
 
 def resolve(written: dict, flags: dict) -> tuple[dict, set[str]]:
-    """(every seeds key with its value: flags over the file over the seeds' defaults,
+    """(every predecessor key with its value: flags over the file over the predecessor's defaults,
     the dotted keys set explicitly, in the file or by a flag)."""
-    seeds = {s: {k: d for k, (d, _) in keys.items()} for s, keys in LAYOUT.items()}
+    merged = {s: {k: d for k, (d, _) in keys.items()} for s, keys in LAYOUT.items()}
     explicit = set()
     for layer in (written, flags):
         for section, values in layer.items():
             for key, value in values.items():
                 if value is not None:
                     _check_value(f"{section}.{key}", value, LAYOUT[section][key][1])
-                    seeds[section][key] = value
+                    merged[section][key] = value
                     explicit.add(f"{section}.{key}")
-    return seeds, explicit
+    return merged, explicit
 
 
 # --- translation into sdce's sections --------------------------------------------------------
 
 
-def translate(seeds: dict, explicit: set[str], *, processes: int = 1, no_resume: bool = False) -> dict:
+def translate(written: dict, explicit: set[str], *, processes: int = 1, no_resume: bool = False) -> dict:
     """The plan of one standalone training: sdce's validated corpus, split, tokenizer and
     teacher sections, the run (without the settings that need the token counts: `finalize`),
-    and how to run it. Refuses, naming the seeds key, what sdce cannot do as asked."""
-    m, s, d, t, e = (seeds[k] for k in ("model", "surrogate", "data", "training", "evaluation"))
+    and how to run it. Refuses, naming the predecessor's key, what sdce cannot do as asked."""
+    m, s, d, t, e = (written[k] for k in ("model", "surrogate", "data", "training", "evaluation"))
     warnings: list[str] = []
     out = Path(t["output_dir"]).expanduser()
 
@@ -334,7 +317,7 @@ def translate(seeds: dict, explicit: set[str], *, processes: int = 1, no_resume:
         "min_lr_ratio": 0.0,  # transformers' cosine and linear schedules end at 0
         "lr_scheduler": t["lr_scheduler_type"],
         "weight_decay": t["weight_decay"],
-        "beta2": 0.999,  # the seeds name no betas: torch's and transformers' AdamW default
+        "beta2": 0.999,  # the predecessor names no betas: torch's and transformers' AdamW default
         "grad_clip": t["max_grad_norm"],
         "precision": PRECISIONS[t["mixed_precision"]],
         "gradient_checkpointing": m["gradient_checkpointing"],
@@ -342,14 +325,14 @@ def translate(seeds: dict, explicit: set[str], *, processes: int = 1, no_resume:
         "tracking": _tracking(t),
     }
     trackers.check(training["tracking"])  # a selected tracker's package, before any data work
-    for seeds_key, key in (
+    for old_key, key in (
         ("logging_steps", "log_interval"),
         ("eval_steps", "eval_interval"),
         ("save_steps", "checkpoint_interval"),
         ("save_total_limit", "save_total_limit"),
     ):
-        if t[seeds_key] is not None:  # else sdce's default (config/README.md)
-            training[key] = t[seeds_key]
+        if t[old_key] is not None:  # else sdce's default (config/README.md)
+            training[key] = t[old_key]
     if t["local_rank"] not in (None, -1):
         warnings.append("training.local_rank is not used: sdce starts its processes itself (--processes N)")
     if t["tpu_metrics_debug"]:
@@ -397,7 +380,7 @@ def translate(seeds: dict, explicit: set[str], *, processes: int = 1, no_resume:
         "resume": not no_resume,
         "resume_from": resume_from,
         "warnings": warnings,
-        "seeds": seeds,
+        "predecessor": written,
     }
 
 
@@ -438,7 +421,7 @@ def _tracking(t: dict) -> dict:
                 f"training.report_to: '{w}' is not supported (sdce: {', '.join(TRACKERS)}, none)"
             )
     if t["wandb_project"] and "wandb" not in wanted:
-        wanted.append("wandb")  # the seeds logged to W&B when a project was named
+        wanted.append("wandb")  # the predecessor logged to W&B when a project was named
     return {
         "trackers": wanted,
         "project": t["wandb_project"],
@@ -473,7 +456,7 @@ def _guidance(loss_type: str, s: dict) -> dict:
     surrogate = {
         "top_k": s["k"],
         "probability_threshold": s["probability_threshold"],
-        "weighting": "inverse_perplexity",  # w = softmax(-perplexity) = softmax(-1/q), as the seeds
+        "weighting": "inverse_perplexity",  # w = softmax(-perplexity) = softmax(-1/q), as the predecessor
     }
     return {"objective": "surrogate", **common, "surrogate": surrogate}
 
@@ -715,7 +698,7 @@ def _documents(plan: dict, data: Path, log) -> tuple[list[dict], list[dict]]:
         except (KeyError, ValueError) as e:  # a hub dataset without the evaluation split
             if evals["source"] != "hf" or evals["hf_split"] not in str(e):
                 raise
-            d = plan["seeds"]["data"]
+            d = plan["predecessor"]["data"]
             log(f"warning: {_no_eval_split(d)}")
     if val is None:
         return split_documents(docs, plan["split"])
@@ -766,16 +749,17 @@ def run(
     """Prepare the data, then train with `sdce.train.train`; the run's summary."""
     from sdce.data.shards import sidecar
     from sdce.io import read_json, write_json
-    from sdce.train import train
+    from sdce.job import Inputs, Job, Placement, launch
 
     paths = prepare(plan, log)
+    teacher = str(paths["teacher"]) if paths["teacher"] else None
     train_meta, val_meta = (read_json(sidecar(paths[k])) for k in ("train_shard", "val_shard"))
     settings, formula = finalize(plan, train_meta["tokens"], val_meta["tokens"])
     out = Path(plan["output_dir"])
     write_json(
         out / "sdce.json",
         {
-            "seeds": plan["seeds"],
+            "predecessor": plan["predecessor"],
             "run": settings,
             "corpus": plan["corpus"],
             "eval_corpus": plan["eval_corpus"],
@@ -790,29 +774,26 @@ def run(
         f"windows = {formula['steps']} steps of {formula['global_batch']} x {block} tokens "
         f"({formula['warmup_steps']} warmup) -> {out}"
     )
-    return train(
-        settings,
+    inputs = Inputs(*(str(paths[k]) for k in ("train_shard", "val_shard", "tokenizer")), teacher=teacher)
+    job = Job(
+        run=settings,
         name=plan["name"],
-        train_shard=str(paths["train_shard"]),
-        val_shard=str(paths["val_shard"]),
-        tokenizer_dir=str(paths["tokenizer"]),
-        out_dir=str(out),
         seed=plan["seed"],
-        teacher_path=str(paths["teacher"]) if paths["teacher"] else None,
-        threads=threads,
+        inputs=inputs,
+        out=str(out),
+        placement=Placement(processes=plan["processes"], threads=threads, backend=plan["backend"]),
         resume=plan["resume"],
+        resume_from=plan["resume_from"],
         progress=progress,
         stop_after=stop_after,
-        processes=plan["processes"],
-        backend=plan["backend"],
-        resume_from=plan["resume_from"],
     )
+    return launch(job)
 
 
 # --- the command line ----------------------------------------------------------------------------
 
 _TRUE = {"action": "store_const", "const": True, "default": None}
-# the seeds' flags: (flag, the seeds key it sets, argparse settings)
+# the predecessor's flags: (flag, the predecessor's key it sets, argparse settings)
 FLAGS = [
     ("--base_model", "model.name_or_path", {}),
     ("--model_dtype", "model.dtype", {"choices": DTYPES}),
@@ -857,13 +838,9 @@ FLAGS = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="sdce train",
-        description="One training from the seeds' configuration (sections model, surrogate, data, "
-        "training, evaluation); flags override the file. See README, 'Standalone training'.",
-    )
-    p.add_argument("--config", help="the seeds-style YAML")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The predecessor's --config and flags, and sdce's own, on `sdce train`'s parser."""
+    p.add_argument("--config", help="the predecessor-style YAML")
     for flag, key, kwargs in FLAGS:
         metavar = None if "action" in kwargs or "choices" in kwargs else key.split(".")[1].upper()
         p.add_argument(flag, dest=key, metavar=metavar, help=f"sets {key}", **kwargs)
@@ -872,17 +849,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--report_to", dest="training.report_to", nargs="+", help="experiment trackers: tensorboard, wandb"
     )
-    sdce_group = p.add_argument_group("sdce's own")
-    sdce_group.add_argument("--threads", type=int, default=1, help="CPU threads")
-    sdce_group.add_argument("--processes", type=int, default=1, help="training processes here (DDP)")
-    sdce_group.add_argument("--no-resume", action="store_true", help="ignore output_dir's checkpoints")
-    sdce_group.add_argument("--no-progress", action="store_true")
-    sdce_group.add_argument("--stop-after", type=int, help="stop after this step's checkpoint")
-    return p
+    own = p.add_argument_group("sdce's own")
+    own.add_argument("--threads", type=int, default=1, help="CPU threads")
+    own.add_argument("--processes", type=int, default=1, help="training processes here (DDP)")
+    own.add_argument("--no-resume", action="store_true", help="ignore output_dir's checkpoints")
+    own.add_argument("--no-progress", action="store_true")
+    own.add_argument("--stop-after", type=int, help="stop after this step's checkpoint")
 
 
 def flag_overrides(args: argparse.Namespace) -> dict:
-    """The seeds keys the flags set, as {section: {key: value}}."""
+    """The predecessor keys the flags set, as {section: {key: value}}."""
     out: dict[str, dict] = {}
     for _, key, _ in FLAGS:
         value = getattr(args, key)
@@ -906,12 +882,12 @@ def flag_overrides(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> None:
     try:
-        seeds, explicit = resolve(read_seeds(args.config), flag_overrides(args))
-        plan = translate(seeds, explicit, processes=args.processes, no_resume=args.no_resume)
+        written, explicit = resolve(read_predecessor(args.config), flag_overrides(args))
+        plan = translate(written, explicit, processes=args.processes, no_resume=args.no_resume)
         for warning in plan["warnings"]:
             print(f"sdce train: warning: {warning}", file=sys.stderr)
         summary = run(plan, threads=args.threads, progress=not args.no_progress, stop_after=args.stop_after)
-    except ValueError as e:  # name the seeds' keys beside sdce's
-        e.args = (in_seeds_terms(str(e)), *e.args[1:])
+    except ValueError as e:  # name the predecessor's keys beside sdce's
+        e.args = (in_predecessor_terms(str(e)), *e.args[1:])
         raise
     print(json.dumps(summary, sort_keys=True))

@@ -1,5 +1,5 @@
-"""`sdce train --config FILE` with the seeds' configuration layout and flags (sdce.standalone):
-the translation into sdce's sections, refusals that name the seeds key, and real runs of
+"""`sdce train --config FILE` with the predecessor's configuration layout and flags (sdce.predecessor):
+the translation into sdce's sections, refusals that name the predecessor's key, and real runs of
 tiny pretrained students with a surrogate on another tokenizer."""
 
 import importlib.util
@@ -11,8 +11,9 @@ import pytest
 import torch
 import yaml
 
-from sdce import cli, standalone
+from sdce import cli
 from sdce import config as cfg
+from sdce import predecessor as standalone
 from sdce.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def assets(tmp_path_factory):
 
 
 def seeds_config(assets, out, **changes) -> dict:
-    """Every key of the seeds' layout, as their train.py's dataclasses name them; `changes`
+    """Every key of the predecessor's layout, as their train.py's dataclasses name them; `changes`
     as {"section.key": value}."""
     doc = {
         "model": {
@@ -140,8 +141,10 @@ def write_config(path: Path, doc: dict) -> Path:
 
 def plan_of(path: Path, *flags: str) -> dict:
     """What `sdce train --config path flags` would run (the translation only)."""
-    args = standalone.build_parser().parse_args(["--config", str(path), *flags])
-    seeds, explicit = standalone.resolve(standalone.read_seeds(args.config), standalone.flag_overrides(args))
+    args = cli.build_parser().parse_args(["train", "--config", str(path), *flags])
+    seeds, explicit = standalone.resolve(
+        standalone.read_predecessor(args.config), standalone.flag_overrides(args)
+    )
     return standalone.translate(seeds, explicit, processes=args.processes)
 
 
@@ -156,7 +159,7 @@ def records(out: Path, kind: str = "train") -> list[dict]:
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
-def test_seeds_layout_and_flags_translate_to_sdce_sections(assets, tmp_path):
+def test_predecessor_layout_and_flags_translate_to_sdce_sections(assets, tmp_path):
     path = write_config(tmp_path / "seeds.yaml", seeds_config(assets, tmp_path / "out"))
     plan = plan_of(path, "--max_seq_length", "32", "--surrogate_k", "5", "--learning_rate", "3e-4")
     run, tr, g = plan["run"], plan["run"]["training"], plan["run"]["guidance"]
@@ -252,41 +255,32 @@ def test_init_from_scratch_keeps_the_architecture_with_fresh_weights(assets):
         ({"training.report_to": ["comet"]}, [], "training.report_to: 'comet'"),
     ],
 )
-def test_bad_seeds_settings_are_refused_naming_the_key(assets, tmp_path, capsys, changes, flags, message):
+def test_bad_predecessor_settings_are_refused(assets, tmp_path, capsys, changes, flags, message):
     path = write_config(tmp_path / "seeds.yaml", seeds_config(assets, tmp_path / "out", **changes))
     rc, _, err = sdce_train(capsys, "--config", path, *flags)
     assert rc == 2 and message in err, err
     assert not (tmp_path / "out").exists()  # refused before any work
 
 
-def test_sdce_errors_name_the_seeds_key_too():
-    msg = standalone.in_seeds_terms("run.training.block_size: 1 is less than the minimum of 2")
-    assert msg.endswith("(training.block_size is the seeds' data.max_seq_length)")
+def test_sdce_errors_name_the_old_key_too():
+    msg = standalone.in_predecessor_terms("run.training.block_size: 1 is less than the minimum of 2")
+    assert msg.endswith("(training.block_size is the predecessor's data.max_seq_length)")
 
 
-def test_study_configs_still_train_as_a_study_run(assets, tmp_path, capsys):
-    seeds = write_config(tmp_path / "seeds.yaml", seeds_config(assets, tmp_path / "out"))
-    study = ["--config", str(REPO / "tests" / "configs" / "tiny.yaml"), "--name", "baseline", "--seed", "1"]
-    assert not standalone.is_seeds_invocation(study)
-    assert standalone.is_seeds_invocation(["--config", str(seeds)])
-    assert standalone.is_seeds_invocation(["--base_model", "gpt2", "--train_file", "x.txt"])
+def test_a_study_config_trains_as_a_study_run_through_train_job(assets, tmp_path, capsys):
+    study = REPO / "tests" / "configs" / "tiny.yaml"
+    rc, _, err = sdce_train(capsys, "--config", study)
+    assert rc == 2 and "is a study config" in err and "sdce train-job --config" in err
     missing = tmp_path / "none.bin"
-    rc, _, err = sdce_train(
-        capsys,
-        *study,
-        "--train-shard",
-        missing,
-        "--val-shard",
-        missing,
-        "--tokenizer",
-        assets / "student",
-        "--out",
-        tmp_path / "run",
+    rc = cli.main(
+        ["train-job", "--config", str(study), "--name", "baseline", "--seed", "1"]
+        + ["--train-shard", str(missing), "--val-shard", str(missing), "--tokenizer", str(assets / "student")]
+        + ["--out", str(tmp_path / "run")]
     )
-    assert rc == 2 and "none.bin" in err  # the study path: it went for the shard
+    assert rc == 2 and "none.bin" in capsys.readouterr().err  # the study path: it went for the shard
 
 
-def test_surrogate_run_from_a_seeds_config(assets, tmp_path, capsys):
+def test_surrogate_run_from_a_predecessor_config(assets, tmp_path, capsys):
     out = tmp_path / "out"
     path = write_config(tmp_path / "seeds.yaml", seeds_config(assets, out))
     rc, stdout, err = sdce_train(
@@ -306,7 +300,7 @@ def test_surrogate_run_from_a_seeds_config(assets, tmp_path, capsys):
     summary = json.loads(stdout.splitlines()[-1])
     assert summary["objective"] == "surrogate" and summary["schedule"] == "cosine"
     used = json.loads((out / "sdce.json").read_text())
-    assert used["run"]["training"]["block_size"] == 32 and used["seeds"]["data"]["max_seq_length"] == 32
+    assert used["run"]["training"]["block_size"] == 32 and used["predecessor"]["data"]["max_seq_length"] == 32
     assert summary["steps"] == used["steps"]["steps"] == used["run"]["training"]["steps"]
     train = records(out)
     assert all(r["guidance"] > 0 and r["teacher_mass"] > 0 and r["aligned"] > 0.5 for r in train[:3])
@@ -343,7 +337,7 @@ def test_standard_training_on_a_saved_dataset(assets, tmp_path, capsys):
     assert len(validation) == 4  # the dataset's own validation split
 
 
-def test_kl_run_from_a_seeds_config(assets, tmp_path, capsys):
+def test_kl_run_from_a_predecessor_config(assets, tmp_path, capsys):
     out = tmp_path / "out"
     path = write_config(tmp_path / "seeds.yaml", seeds_config(assets, out))
     rc, stdout, err = sdce_train(
