@@ -6,20 +6,26 @@ BIN := $(VENV)/bin
 CORES ?= $(shell nproc)
 PROFILE ?= local
 
-.PHONY: setup run test lint bench xla-env clean
+.PHONY: setup run test lint rulegraph bench xla-env clean
 
-$(BIN)/sdce: pyproject.toml constraints.txt
+# `make run` installs what the study needs (the package and Snakemake); `make test` adds the
+# development extras: linters, lm-eval for the cross-checks, the cloud plugins and the GCS
+# emulator, TensorBoard. Constraints pin torch to the CPU wheel here; GPU users drop -c or use
+# containers/.
+$(VENV)/.run: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# constraints pin torch to the CPU wheel here; GPU users drop -c or use containers/
-	# cloud: GCS client, Snakemake's GCS storage and Kubernetes executor plugins (a few MB)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[workflow]"
+	touch $@
+
+$(VENV)/.test: $(VENV)/.run
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,cloud,checks,trackers]"
 	touch $@
 
-setup: $(BIN)/sdce
+setup: $(VENV)/.test
 
 # rules call the `sdce` command line: the environment's bin goes first on PATH
-run: setup
+run: $(VENV)/.run
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --profile profiles/$(PROFILE) --cores $(CORES)
 
 test: setup
@@ -31,6 +37,10 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint
+
+# the DAG's picture in docs/ (a Mermaid flowchart of Snakemake's rule graph)
+rulegraph: $(VENV)/.run
+	PATH="$(abspath $(BIN)):$$PATH" bash docs/rulegraph.sh > docs/rulegraph.md
 
 bench: setup
 	$(BIN)/python benchmarks/bench_pipeline.py

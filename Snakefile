@@ -1,20 +1,23 @@
 # sdce: teacher-guided pre-training study. Rules live in workflow/rules/ by stage;
 # every job calls the `sdce` command line with the config slice it uses.
-import copy
+from snakemake.utils import min_version
 
-from snakemake.utils import min_version, validate
-
-from sdce.config import keep_run_overrides
+from sdce import plan as sdce_plan
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# config/config.yaml is the study only when no --configfile is given: a user's config file
+# is the whole study, not merged over the default one.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
-RUNS_AS_WRITTEN = copy.deepcopy(config.get("runs", {}))
-validate(config, "workflow/schemas/config.schema.yaml")
-config["runs"] = keep_run_overrides(RUNS_AS_WRITTEN)
+# workflow/schemas/config.schema.yaml fills the defaults into config, then the checks across
+# keys (baseline, batch, shapes, corpus path, teachers): the validation `sdce check-config`
+# runs; a refused config stops the parse with the key in one line, before any job
+PLAN = sdce_plan.parse(config)
 
 
 include: "workflow/rules/common.smk"

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from sdce import config as cfg
+from sdce import plan
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [REPO / "config" / "config.yaml", *sorted((REPO / "tests" / "configs").glob("*.yaml"))]
@@ -15,8 +16,8 @@ CONFIGS = [REPO / "config" / "config.yaml", *sorted((REPO / "tests" / "configs")
 def test_every_shipped_config_validates_and_resolves(path):
     study = cfg.load(path)
     assert study["baseline"] in study["runs"]
-    for name in cfg.expand_runs(study):
-        run = cfg.resolve_run(study, name)
+    for name in plan.expand_runs(study):
+        run = plan.resolve_run(study, name)
         assert set(run) == {"model", "training", "guidance"}
 
 
@@ -30,7 +31,7 @@ def test_run_overrides_merge_over_top_level():
             "runs": {"a": {"training": {"learning_rate": 0.01}, "model": {"n_layer": 6}}},
         }
     )
-    run = cfg.resolve_run(study, "a")
+    run = plan.resolve_run(study, "a")
     assert run["training"]["steps"] == 50 and run["training"]["learning_rate"] == 0.01
     assert run["model"]["n_layer"] == 6 and run["guidance"]["objective"] == "ce"
 
@@ -47,33 +48,33 @@ def test_folds_and_subsets_name_each_runs_data_partition():
             },
         }
     )
-    assert cfg.folds(study) == ["fold0", "fold1", "fold2"]
-    assert cfg.folds({"split": {}}) == ["main"]
-    assert cfg.data_part(study, "base", "fold1") == "fold1"  # the study's own subset (500)
-    assert cfg.data_part(study, "sub-train_subset100", "fold2") == "fold2-n100"
-    assert cfg.data_part(study, "sub-train_subsetnone", "fold1") == "fold1-nall"  # every document
-    assert cfg.fold_index("fold2-n100") == 2 and cfg.fold_index("main") is None
-    assert cfg.part_split(study, "fold2-n100")["train_subset"] == 100
-    assert cfg.part_split(study, "fold2")["train_subset"] == 500
-    assert cfg.part_split(study, "fold0-nall")["train_subset"] is None
+    assert plan.folds(study) == ["fold0", "fold1", "fold2"]
+    assert plan.folds({"split": {}}) == ["main"]
+    assert plan.data_part(study, "base", "fold1") == "fold1"  # the study's own subset (500)
+    assert plan.data_part(study, "sub-train_subset100", "fold2") == "fold2-n100"
+    assert plan.data_part(study, "sub-train_subsetnone", "fold1") == "fold1-nall"  # every document
+    assert plan.fold_index("fold2-n100") == 2 and plan.fold_index("main") is None
+    assert plan.part_split(study, "fold2-n100")["train_subset"] == 100
+    assert plan.part_split(study, "fold2")["train_subset"] == 500
+    assert plan.part_split(study, "fold0-nall")["train_subset"] is None
 
 
 @pytest.mark.parametrize(
     "edit,message",
     [
-        (lambda c: c["training"].update(lr=0.1), "config.training.lr is not a known key"),
-        (lambda c: c["training"].update(steps="10"), "config.training.steps: '10' is not of type 'integer'"),
+        (lambda c: c["training"].update(lr=0.1), "training.lr is not a known key"),
+        (lambda c: c["training"].update(steps="10"), "training.steps: '10' is not of type 'integer'"),
         (
             lambda c: c["runs"]["baseline"].update(guidance={"schedule": "cubic"}),
-            "config.runs.baseline.guidance.schedule",
+            "runs.baseline.guidance.schedule",
         ),
-        (lambda c: c["corpus"].update(source="web"), "config.corpus.source: 'web' is not one of"),
-        (lambda c: c.update(seeds=[]), "config.seeds"),
-        (lambda c: c["containers"].update(cpu="ghcr.io/x/y:latest"), "config.containers.cpu"),
-        (lambda c: c["split"].update(folds=1), "config.split.folds: 1 is less than the minimum of 2"),
+        (lambda c: c["corpus"].update(source="web"), "corpus.source: 'web' is not one of"),
+        (lambda c: c.update(seeds=[]), "seeds"),
+        (lambda c: c["containers"].update(cpu="ghcr.io/x/y:latest"), "containers.cpu"),
+        (lambda c: c["split"].update(folds=1), "split.folds: 1 is less than the minimum of 2"),
         (  # a run may choose its training subset, never its validation set
             lambda c: c["runs"]["baseline"].update(split={"validation_fraction": 0.2}),
-            "config.runs.baseline.split.validation_fraction is not a known key",
+            "runs.baseline.split.validation_fraction is not a known key",
         ),
     ],
 )

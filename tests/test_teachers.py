@@ -9,13 +9,12 @@ import torch
 from tiny_training import tiny_job
 
 from sdce import config as cfg
-from sdce import objectives
+from sdce import objectives, plan
 from sdce.data.batches import windows
 from sdce.data.corpus import read_documents
 from sdce.data.shards import load_shard
 from sdce.data.tokenizer import load
 from sdce.model import build_model
-from sdce.teachers import distill
 from sdce.teachers.cache import CachedTeacher, CacheMismatch, build_caches
 from sdce.teachers.lm import LMTeacher, TeacherError, describe_teacher, load_teacher_lm
 from sdce.train import train
@@ -207,13 +206,11 @@ def test_bad_teacher_input_fails_before_training(tiny_data, teacher_dir, student
             cfg.validate({"objective": "kl", "kl": bad}, "guidance", where="guidance")
     study = cfg.load("config/config.yaml")
     study["runs"]["kl"]["guidance"]["teacher"] = "nobody"
-    runs = {n: cfg.resolve_run(study, n) for n in study["runs"]}
     with pytest.raises(cfg.ConfigError, match="runs.kl.guidance.teacher: 'nobody' is not one of teachers"):
-        distill.check_study(study, runs)
+        plan.plan(study)
     study["runs"]["kl"]["guidance"].update(teacher="surrogate", kl={"top_k": None})
-    runs = {n: cfg.resolve_run(study, n) for n in study["runs"]}
     with pytest.raises(cfg.ConfigError, match="dense.*teacher_source: online"):
-        distill.check_study(study, runs)
+        plan.plan(study)
 
 
 def train_spec(objective, **guidance):
@@ -284,13 +281,13 @@ def test_lora_finetune_runs_on_cpu_for_two_steps_and_merges_into_the_teacher(
         },
         "teacher",
     )
-    assert distill.tokenizer_spec(spec) == {
+    assert plan.tokenizer_spec(spec) == {
         "kind": "pretrained",
         "path": str(tmp_path / "base"),
         "vocab_size": 2000,
         "min_frequency": 2,
     }
-    run = distill.training_run(spec)
+    run = plan.training_run(spec)
     assert run["model"]["adapter"] == "lora" and run["model"]["from_pretrained"] == str(tmp_path / "base")
     summary = train_on(tiny_data, run, tmp_path / "ft", tmp_path / "base")
     assert summary["steps"] == 2

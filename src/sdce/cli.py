@@ -126,8 +126,10 @@ def cmd_train_job(args) -> None:
     from sdce.job import Inputs, Job, Placement, launch
 
     if args.config:  # a study config and one of its runs
-        study = cfg.load(args.config)
-        run = cfg.resolve_run(study, args.name)
+        from sdce import plan
+
+        run = plan.resolve_run(cfg.load(args.config), args.name)
+        plan.check_run(run, f"runs.{args.name}")
     else:
         run = _params(
             args, "$defs/run", f"runs.{args.name}", base={"model": {}, "training": {}, "guidance": {}}
@@ -209,28 +211,87 @@ def cmd_report(args) -> None:
 
 
 def cmd_check_config(args) -> None:
-    from sdce.teachers.distill import check_study
+    from sdce.plan import plan
 
     study = cfg.load(args.config)
-    runs = {name: cfg.resolve_run(study, name) for name in cfg.expand_runs(study)}
-    check_study(study, runs)
-    print(f"{args.config}: valid ({len(runs)} runs x {len(study['seeds'])} seeds)")
+    runs = plan(study).runs
+    print(f"{args.config}: valid ({len(runs)} runs x {len(study['seeds'])} random seeds)")
+
+
+def cmd_run(args) -> int:
+    """Check the study, then run it through Snakemake with this study as the whole config."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from sdce.plan import plan
+
+    config = Path(args.config)
+    if not config.is_file():
+        raise FileNotFoundError(f"config file not found: {config}")
+    plan(cfg.load(config))  # refused here, in one line, before Snakemake starts
+    repo = Path(__file__).resolve().parents[2]
+    if not (repo / "Snakefile").is_file():
+        raise FileNotFoundError(f"sdce run needs the repository's Snakefile, not found at {repo}")
+    bin_dir = Path(sys.executable).parent
+    cmd = [str(bin_dir / "snakemake"), "-s", str(repo / "Snakefile"), "--configfile", str(config.resolve())]
+    cmd += ["--profile", str(repo / "profiles" / args.profile), "--cores", str(args.cores or os.cpu_count())]
+    cmd += args.snakemake_args
+    print("+ " + " ".join(cmd), flush=True)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}  # rules call sdce
+    return subprocess.call(cmd, env=env)
 
 
 def cmd_config_docs(args) -> None:
     sys.stdout.write(cfg.describe())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sdce", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+def _stage_adder(sub):
+    """`add(name, fn, help)`: a pipeline stage's subcommand, with the --params of its config slice."""
 
     def add(name, fn, help_):
-        sp = sub.add_parser(name, help=help_)
+        sp = sub.add_parser(name, help=f"[stage] {help_}", description=f"Pipeline stage: {help_}.")
         sp.set_defaults(fn=fn)
-        sp.add_argument("--params", help="JSON of the config slice this stage uses")
+        sp.add_argument(
+            "--params", help="JSON of the config slice this stage uses (schema defaults fill the rest)"
+        )
         return sp
 
+    return add
+
+
+def _user_commands(sub) -> None:
+    """The commands a user runs: a study, its check, the configuration reference."""
+    sp = sub.add_parser(
+        "run",
+        help="run a study: check its config, then the whole DAG through Snakemake",
+        description="Run the study CONFIG through Snakemake: CONFIG is the whole study (the default "
+        "config/config.yaml is not merged in). Results go under results_dir in the current folder; "
+        "a rerun does only what the changes affect. Arguments after -- go to snakemake.",
+    )
+    sp.set_defaults(fn=cmd_run)
+    sp.add_argument("config", help="the study config (YAML)")
+    sp.add_argument(
+        "--profile", default="local", help="a folder of profiles/: local, gpu or tpu (default local)"
+    )
+    sp.add_argument("--cores", type=int, help="CPU cores Snakemake may use (default: all)")
+    sp.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="-- then arguments for snakemake")
+
+    sp = sub.add_parser(
+        "check-config",
+        help="check a study config: schema and cross-key checks, without running anything",
+        description="Check CONFIG as Snakemake's parse does (the same schema and the same checks): "
+        "prints 'valid' with the number of runs, or the first offending key in one line.",
+    )
+    sp.set_defaults(fn=cmd_check_config)
+    sp.add_argument("config")
+
+    sp = sub.add_parser("config-docs", help="print the configuration reference (config/README.md)")
+    sp.set_defaults(fn=cmd_config_docs)
+
+
+def _data_stages(sub, add) -> None:
+    """Corpus to token shards and bigram statistics."""
     sp = add("corpus", cmd_corpus, "load the corpus from its source")
     sp.add_argument("--out", required=True)
     sp.add_argument("--stats", required=True)
@@ -255,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--meta", required=True)
 
+
+def _training_stages(sub, add) -> None:
+    """Training: a study's run (the rules) and the predecessor scripts' front door."""
     sp = sub.add_parser(
         "train",
         help="train one model from a predecessor-style config and flags (docs/predecessor-configs.md)",
@@ -300,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="local: train here; tpu-pod: submit to a TPU VM pod and wait (see sdce.tpu_pod)",
     )
 
+
+def _teacher_stages(sub, add) -> None:
+    """LM teachers: descriptor and cache."""
     sp = add(
         "teacher", cmd_teacher, "check an LM teacher against the student tokenizer, write its descriptor"
     )
@@ -317,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", required=True, help="cache folder (one subfolder per signal)")
 
+
+def _evaluation_stages(sub, add) -> None:
+    """Evaluation and the report."""
     sp = add("evaluate", cmd_evaluate, "validation loss and perplexity of a model")
     sp.add_argument("--model", required=True)
     sp.add_argument("--val-shard", required=True)
@@ -342,12 +412,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--grid", help="JSON {run: {base, axes}} of the study's grid expansion")
     sp.add_argument("--out", required=True)
 
-    sp = sub.add_parser("config-docs", help="print the configuration reference (config/README.md)")
-    sp.set_defaults(fn=cmd_config_docs)
 
-    sp = sub.add_parser("check-config", help="validate a study config")
-    sp.set_defaults(fn=cmd_check_config)
-    sp.add_argument("config")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sdce",
+        description="Teacher-guided language-model pre-training: run a study, check its config, "
+        "or train one model from a predecessor-style config.",
+        epilog="Start with `sdce run config/config.yaml` (the default study) or `sdce check-config "
+        "my_study.yaml`. The other commands are the pipeline's stages: the workflow's rules call them "
+        "with the config slice they use (--params), and each also works on its own.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _user_commands(sub)
+    add = _stage_adder(sub)
+    for group in (_data_stages, _training_stages, _teacher_stages, _evaluation_stages):
+        group(sub, add)
     return p
 
 
@@ -355,11 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
-        args.fn(args)
+        return args.fn(args) or 0
     except (ValueError, FileNotFoundError) as e:
         print(f"sdce {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 `workflow/schemas/config.schema.yaml` is the single source of truth. The
 Snakefile validates the whole config with it (Snakemake fills the defaults);
 every `sdce` subcommand validates the slice it receives against the matching
-sub-schema, so Python never carries defaults of its own.
+sub-schema, so Python never carries defaults of its own. What a valid study
+builds, and the checks across keys the schema cannot express, are `sdce.plan`'s.
 """
 
 from __future__ import annotations
@@ -69,10 +70,10 @@ def _key_path(error: jsonschema.ValidationError, prefix: str) -> str:
         if extra:
             parts.append(extra[0])
             return ".".join(p for p in parts if p) + " is not a known key"
-    return ".".join(p for p in parts if p)
+    return ".".join(p for p in parts if p) or "config"
 
 
-def validate(config: dict, fragment: str | None = None, where: str = "config") -> dict:
+def validate(config: dict, fragment: str | None = None, where: str = "") -> dict:
     """Validate (a copy of) `config`, fill schema defaults, and return it.
 
     `fragment` names a sub-schema under `$defs` (`model`, `training`, `guidance`, `run`)
@@ -80,25 +81,15 @@ def validate(config: dict, fragment: str | None = None, where: str = "config") -
     Raises ConfigError whose message starts with the offending key.
     """
     config = copy.deepcopy(config)
-    as_written = copy.deepcopy(config.get("runs")) if fragment is None and isinstance(config, dict) else None
     errors = sorted(_validator(fragment).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
         raise ConfigError(f"{_key_path(err, where)}: {err.message}")
-    if as_written is not None:
-        config["runs"] = keep_run_overrides(as_written)
     # increasing milestones cannot be expressed in JSON Schema: checked here for every slice holding them
     training = config if (fragment or "").endswith("training") else (config or {}).get("training")
     if isinstance(training, dict):
         milestone_words(training.get("milestones"))
     return config
-
-
-def keep_run_overrides(runs: dict) -> dict:
-    """Runs as written: validation would fill schema defaults into each run's
-    `model`/`training`, which would then mask the top-level values. The Snakefile
-    calls this too, so both resolve runs the same way (see `resolve_run`)."""
-    return {name: copy.deepcopy(spec) or {} for name, spec in runs.items()}
 
 
 def load(path: str | Path, overrides: dict | None = None) -> dict:
@@ -120,101 +111,6 @@ def deep_merge(base: dict, override: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def _set_dotted(spec: dict, dotted: str, value) -> dict:
-    out = copy.deepcopy(spec)
-    node = out
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value
-    return out
-
-
-def _slug(value) -> str:
-    text = str(value).lower() if isinstance(value, bool) or value is None else str(value)
-    return "".join(c if c.isalnum() or c == "_" else "p" if c == "." else "_" for c in text)
-
-
-def expand_runs(config: dict) -> dict[str, dict]:
-    """Every concrete run of the study: runs with a `grid` become one run per combination
-    of its axes, named `<run>-<key><value>...` (key = the last part of the dotted name).
-
-    Returns {name: {"base": run, "axes": {dotted key: value}, "spec": run spec as written}}.
-    """
-    import itertools
-
-    out: dict[str, dict] = {}
-    for name, spec in config["runs"].items():
-        spec = copy.deepcopy(spec or {})
-        grid = spec.pop("grid", None) or {}
-        keys = list(grid)
-        for combo in itertools.product(*(grid[k] for k in keys)):
-            axes = dict(zip(keys, combo, strict=True))
-            concrete = spec
-            for key, value in axes.items():
-                concrete = _set_dotted(concrete, key, value)
-            full = name + "".join(f"-{k.split('.')[-1]}{_slug(v)}" for k, v in axes.items())
-            if full in out:
-                raise ConfigError(f"runs.{name}.grid: expanded run name '{full}' is not unique")
-            out[full] = {"base": name, "axes": axes, "spec": concrete}
-    return out
-
-
-def resolve_run(config: dict, run: str) -> dict:
-    """The complete, validated settings of one (concrete) run: global model/training with
-    the run's overrides, and its guidance with defaults filled."""
-    runs = expand_runs(config)
-    if run not in runs:
-        raise ConfigError(f"runs.{run}: no such run (known: {', '.join(sorted(runs))})")
-    spec = runs[run]["spec"]
-    resolved = {
-        "model": deep_merge(config.get("model", {}), spec.get("model", {})),
-        "training": deep_merge(config.get("training", {}), spec.get("training", {})),
-        "guidance": spec.get("guidance", {}),
-    }
-    return validate(resolved, "run", where=f"runs.{run}")
-
-
-MAIN_PART = "main"
-
-
-def folds(config: dict) -> list[str]:
-    """The study's replicate data partitions: `fold0`..`fold<k-1>` under split.folds, else `main`."""
-    k = config.get("split", {}).get("folds")
-    return [f"fold{i}" for i in range(k)] if k else [MAIN_PART]
-
-
-def data_part(config: dict, run: str, fold: str) -> str:
-    """The data partition a (concrete) run trains on in `fold`: the fold itself, or
-    `<fold>-n<N>` (`<fold>-nall` for null: every training document) when the run sets a
-    training subset of its own (runs.<name>.split) other than the study's."""
-    spec = expand_runs(config)[run]["spec"].get("split") or {}
-    if "train_subset" not in spec or spec["train_subset"] == config["split"].get("train_subset"):
-        return fold
-    n = spec["train_subset"]
-    return f"{fold}-n{'all' if n is None else n}"
-
-
-def part_fold(part: str) -> str:
-    """The fold a partition belongs to (`fold2` for `fold2-n500`; `main`)."""
-    return part.split("-n")[0]
-
-
-def fold_index(part: str) -> int | None:
-    """The index of the fold a partition belongs to; None for `main`."""
-    fold = part_fold(part)
-    return None if fold == MAIN_PART else int(fold.removeprefix("fold"))
-
-
-def part_split(config: dict, part: str) -> dict:
-    """The split slice that makes `part` (what its split job gets as params)."""
-    spec = copy.deepcopy(config.get("split", {}))
-    _, _, n = part.partition("-n")
-    if n:
-        spec["train_subset"] = None if n == "all" else int(n)
-    return spec
 
 
 def section(config: dict, name: str) -> dict:

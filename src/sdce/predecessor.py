@@ -266,7 +266,55 @@ def translate(written: dict, explicit: set[str], *, processes: int = 1, no_resum
     m, s, d, t, e = (written[k] for k in ("model", "surrogate", "data", "training", "evaluation"))
     warnings: list[str] = []
     out = Path(t["output_dir"]).expanduser()
+    loss_type = _loss_type(t, s, explicit)
+    model = _model(m, t, warnings)
+    backend = _backend(t)
+    training = _training(t, m, d["max_seq_length"], processes, resolve_backend(backend) == "xla", warnings)
+    guidance, teacher = _guidance(loss_type, s), None
+    if loss_type != "standard":
+        teacher = cfg.validate(
+            {
+                "name_or_path": s["name_or_path"],
+                "trust_remote_code": s["trust_remote_code"],
+                **({"dtype": s["dtype"]} if s["dtype"] else {}),
+            },
+            "teacher",
+            where="surrogate",
+        )
+    if e["enabled"]:
+        tasks = e["tasks"] if isinstance(e["tasks"], str) else ", ".join(e["tasks"] or []) or "none listed"
+        warnings.append(
+            f"evaluation.enabled: lm-evaluation-harness tasks ({tasks}) are not run by sdce train; "
+            "the validation loss is evaluated every training.eval_steps, and `sdce evaluate "
+            "--model OUTPUT_DIR/model ...` scores minimal pairs (BLiMP, the BabyLM suite)"
+        )
+    resume_from = _resume_point(t["resume_from_checkpoint"], out)
+    corpus, eval_corpus, split = _data(d, warnings)
+    return {
+        "output_dir": str(out),
+        "name": t["wandb_run_name"] or out.resolve().name,
+        "seed": t["seed"],
+        "loss_type": loss_type,
+        "corpus": corpus,
+        "eval_corpus": eval_corpus,
+        "split": split,
+        "student": m["name_or_path"],
+        "teacher": teacher,
+        "run": {"model": model, "training": training, "guidance": guidance},
+        "epochs": t["num_epochs"],
+        "warmup_ratio": t["warmup_ratio"],
+        "warmup_steps": t["warmup_steps"],
+        "processes": processes,
+        "backend": backend,
+        "resume": not no_resume,
+        "resume_from": resume_from,
+        "warnings": warnings,
+        "predecessor": written,
+    }
 
+
+def _loss_type(t: dict, s: dict, explicit: set[str]) -> str:
+    """training.loss_type as it can run: standard when the surrogate is switched off."""
     loss_type = t["loss_type"]
     if not s["enabled"] and loss_type != "standard":
         if "training.loss_type" in explicit:
@@ -281,8 +329,11 @@ def translate(written: dict, explicit: set[str], *, processes: int = 1, no_resum
             f"training.loss_type={loss_type} needs surrogate.name_or_path (--surrogate_model): "
             "the surrogate model, a folder or a name"
         )
+    return loss_type
 
-    # model
+
+def _model(m: dict, t: dict, warnings: list[str]) -> dict:
+    """The run's model slice from the predecessor's model section."""
     if m["trust_remote_code"]:
         raise ConfigError(
             "model.trust_remote_code: sdce builds students with transformers' own architectures "
@@ -294,25 +345,26 @@ def translate(written: dict, explicit: set[str], *, processes: int = 1, no_resum
             f"training.mixed_precision ({t['mixed_precision']}); set mixed_precision to "
             f"{'bf16' if m['dtype'] == 'bfloat16' else 'fp16'} for {m['dtype']} compute"
         )
-    model = {
+    return {
         "from_pretrained": m["name_or_path"],
         "init_from_scratch": m["init_from_scratch"],
         "attn_implementation": "flash_attention_2" if m["use_flash_attention"] else "sdpa",
     }
 
-    # training
-    backend = _backend(t)
+
+def _training(t: dict, m: dict, block_size: int, processes: int, xla: bool, warnings: list[str]) -> dict:
+    """The run's training slice (steps and warmup come later, from the token counts: `finalize`).
+    On XLA the device count is known inside its processes only: the batch is split over them."""
     if t["lr_scheduler_type"] not in SCHEDULERS:
         raise ConfigError(
             f"training.lr_scheduler_type: '{t['lr_scheduler_type']}' is not supported "
             f"(sdce: {', '.join(SCHEDULERS)})"
         )
     per_device, accum = t["per_device_train_batch_size"], t["gradient_accumulation_steps"]
-    xla = resolve_backend(backend) == "xla"  # the device count is known inside its processes only
     training = {
         "batch_size": per_device * accum * processes,
-        "micro_batch_size": None if xla else per_device,  # XLA: the batch split over the devices
-        "block_size": d["max_seq_length"],
+        "micro_batch_size": None if xla else per_device,
+        "block_size": block_size,
         "learning_rate": t["learning_rate"],
         "min_lr_ratio": 0.0,  # transformers' cosine and linear schedules end at 0
         "lr_scheduler": t["lr_scheduler_type"],
@@ -337,51 +389,7 @@ def translate(written: dict, explicit: set[str], *, processes: int = 1, no_resum
         warnings.append("training.local_rank is not used: sdce starts its processes itself (--processes N)")
     if t["tpu_metrics_debug"]:
         warnings.append("training.tpu_metrics_debug is not used: summary.json records XLA compilations")
-
-    # guidance and the surrogate
-    guidance, teacher = _guidance(loss_type, s), None
-    if loss_type != "standard":
-        teacher = cfg.validate(
-            {
-                "name_or_path": s["name_or_path"],
-                "trust_remote_code": s["trust_remote_code"],
-                **({"dtype": s["dtype"]} if s["dtype"] else {}),
-            },
-            "teacher",
-            where="surrogate",
-        )
-
-    if e["enabled"]:
-        tasks = e["tasks"] if isinstance(e["tasks"], str) else ", ".join(e["tasks"] or []) or "none listed"
-        warnings.append(
-            f"evaluation.enabled: lm-evaluation-harness tasks ({tasks}) are not run by sdce train; "
-            "the validation loss is evaluated every training.eval_steps, and `sdce evaluate "
-            "--model OUTPUT_DIR/model ...` scores minimal pairs (BLiMP, the BabyLM suite)"
-        )
-
-    resume_from = _resume_point(t["resume_from_checkpoint"], out)
-    corpus, eval_corpus, split = _data(d, warnings)
-    return {
-        "output_dir": str(out),
-        "name": t["wandb_run_name"] or out.resolve().name,
-        "seed": t["seed"],
-        "loss_type": loss_type,
-        "corpus": corpus,
-        "eval_corpus": eval_corpus,
-        "split": split,
-        "student": m["name_or_path"],
-        "teacher": teacher,
-        "run": {"model": model, "training": training, "guidance": guidance},
-        "epochs": t["num_epochs"],
-        "warmup_ratio": t["warmup_ratio"],
-        "warmup_steps": t["warmup_steps"],
-        "processes": processes,
-        "backend": backend,
-        "resume": not no_resume,
-        "resume_from": resume_from,
-        "warnings": warnings,
-        "predecessor": written,
-    }
+    return training
 
 
 def _backend(t: dict) -> str:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sdce.config import MAIN_PART
 from sdce.io import atomic_dir, read_json
+from sdce.plan import MAIN_PART
 
 
 def _replicate(record: dict) -> tuple[str, str, int]:

@@ -4,26 +4,18 @@
 import json
 from urllib.parse import urlparse
 
-from sdce import config as sdce_config
 from sdce import objectives as sdce_objectives
-from sdce.teachers import distill as sdce_distill
+from sdce import plan as sdce_plan
 
 RESULTS = f"{config['results_dir']}/{config['experiment']}"
 LOGS = f"{RESULTS}/logs"
-GRID = sdce_config.expand_runs(config)
-RUNS = {name: sdce_config.resolve_run(config, name) for name in GRID}
+# the study's plan (sdce.plan, made by the Snakefile): resolved runs, partitions, teachers
+GRID = PLAN.grid
+RUNS = PLAN.runs
 SEEDS = config["seeds"]
 # replicates are folds x seeds; each run trains in each fold on its data partition
-FOLDS = sdce_config.folds(config)
-PARTS = sorted(
-    {sdce_config.data_part(config, run, fold) for run in RUNS for fold in FOLDS}
-    | set(FOLDS)
-)
-
-if config["baseline"] not in config["runs"]:
-    raise ValueError(
-        f"baseline: '{config['baseline']}' is not one of the runs ({', '.join(config['runs'])})"
-    )
+FOLDS = PLAN.folds
+PARTS = PLAN.parts
 
 
 wildcard_constraints:
@@ -53,7 +45,7 @@ def run_block_size(wildcards):
 
 def run_part(wildcards):
     """The data partition of a run's job in its fold."""
-    return sdce_config.data_part(config, wildcards.run, wildcards.fold)
+    return sdce_plan.data_part(config, wildcards.run, wildcards.fold)
 
 
 def part_of(wildcards):
@@ -61,21 +53,21 @@ def part_of(wildcards):
 
 
 def part_split_json(wildcards):
-    return json.dumps(sdce_config.part_split(config, wildcards.part), sort_keys=True)
+    return json.dumps(sdce_plan.part_split(config, wildcards.part), sort_keys=True)
 
 
 def fold_arg(wildcards):
-    index = sdce_config.fold_index(wildcards.part)
+    index = sdce_plan.fold_index(wildcards.part)
     return "" if index is None else f"--fold {index}"
 
 
 def part_tokenizer(wildcards):
     """The student tokenizer of a partition: its fold's."""
-    return f"{RESULTS}/tokenizers/{sdce_config.part_fold(part_of(wildcards))}"
+    return f"{RESULTS}/tokenizers/{sdce_plan.part_fold(part_of(wildcards))}"
 
 
 def part_teacher_tokenizer(wildcards):
-    return f"{RESULTS}/teachers/{wildcards.teacher}/tokenizers/{sdce_config.part_fold(wildcards.part)}"
+    return f"{RESULTS}/teachers/{wildcards.teacher}/tokenizers/{sdce_plan.part_fold(wildcards.part)}"
 
 
 def run_shards(wildcards):
@@ -96,18 +88,10 @@ def run_validation(wildcards):
     return {k: shards[k] for k in ("validation", "validation_sidecar")}
 
 
-# LM teachers (teachers.<name>): trained, described and cached by workflow/rules/teachers.smk.
-TEACHERS = {
-    name: sdce_config.validate(spec, "teacher", where=f"teachers.{name}")
-    for name, spec in config["teachers"].items()
-}
-sdce_distill.check_study(config, RUNS)
-# teacher -> the cache-teacher slice: every signal its cached runs read, one pass
-CACHES = {
-    name: spec
-    for name in TEACHERS
-    if (spec := sdce_distill.cache_spec(name, TEACHERS[name], RUNS)) is not None
-}
+# LM teachers (teachers.<name>): trained, described and cached by workflow/rules/teachers.smk;
+# CACHES: teacher -> the cache-teacher slice, every signal its cached runs read, one pass.
+TEACHERS = PLAN.teachers
+CACHES = PLAN.caches
 
 
 def teacher_inputs(wildcards):
@@ -131,13 +115,13 @@ def teacher_arg(wildcards, input):
 
 def teacher_tokenizer_json(wildcards):
     return json.dumps(
-        sdce_distill.tokenizer_spec(TEACHERS[wildcards.teacher]), sort_keys=True
+        sdce_plan.tokenizer_spec(TEACHERS[wildcards.teacher]), sort_keys=True
     )
 
 
 def teacher_run_json(wildcards):
     return json.dumps(
-        sdce_distill.training_run(TEACHERS[wildcards.teacher]), sort_keys=True
+        sdce_plan.training_run(TEACHERS[wildcards.teacher]), sort_keys=True
     )
 
 
@@ -153,7 +137,7 @@ def teacher_load_json(wildcards):
 def teacher_model_inputs(wildcards, teacher=None):
     """The teacher model the DAG trains (none for a pretrained teacher used as is)."""
     teacher = teacher or wildcards.teacher
-    if sdce_distill.needs_training(TEACHERS[teacher]):
+    if sdce_plan.needs_training(TEACHERS[teacher]):
         return {
             "model": f"{RESULTS}/teachers/{teacher}/train/{part_of(wildcards)}/model"
         }
