@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= $(shell nproc)
 PROFILE ?= local
 
-.PHONY: setup run test lint rulegraph bench xla-env clean
+.PHONY: setup run test lint rulegraph readme-table bench xla-env clean
 
 # `make run` installs what the study needs (the package and Snakemake); `make test` adds the
 # development extras: linters, lm-eval for the cross-checks, the cloud plugins and the GCS
@@ -41,6 +41,10 @@ lint: setup
 # the DAG's picture in docs/ (a Mermaid flowchart of Snakemake's rule graph)
 rulegraph: $(VENV)/.run
 	PATH="$(abspath $(BIN)):$$PATH" bash docs/rulegraph.sh > docs/rulegraph.md
+
+# the README's "what the default study found" table: the report's headline.md (after make run)
+readme-table: $(VENV)/.run
+	$(BIN)/python -c "from sdce.report import insert_headline; insert_headline('results/default/report', 'README.md')"
 
 bench: setup
 	$(BIN)/python benchmarks/bench_pipeline.py

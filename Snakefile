@@ -20,6 +20,9 @@ if not workflow.overwrite_configfiles:
 PLAN = sdce_plan.parse(config)
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teachers.smk"

@@ -249,3 +249,57 @@ def test_k_folds_and_subset_sizes_are_data_partitions(tmp_path):
     assert "## By `split.train_subset`" in md
     assert (results / "report" / "val_loss_by_fold.png").stat().st_size > 5000
     assert planned_jobs(tmp_path, config) == {}
+
+
+def test_a_copy_of_the_baseline_is_not_significant_and_costs_the_same(finished_study, tmp_path):
+    """A run identical to the baseline but for its name: every paired difference is 0, the
+    report says so and does not call it significant; its FLOPs to baseline are the baseline's.
+    The bigram run's FLOPs to baseline are counted and its comparisons are there."""
+    workdir, _ = finished_study
+    copy = tmp_path / "study"
+    shutil.copytree(workdir, copy, symlinks=True)
+    config = variant(
+        tmp_path, "copy", lambda c: c["runs"].update(baseline_again={"guidance": {"objective": "ce"}})
+    )
+    snakemake(copy, config, "--cores", "2")
+    report = copy / "results" / "tiny" / "report"
+    table = list(csv.DictReader(open(report / "comparisons.csv")))
+    mine = {r["metric"]: r for r in table if r["run"] == "baseline_again"}
+    assert {"steps_saved", "final_val_loss", "synthetic_accuracy"} <= set(mine)
+    for r in mine.values():
+        assert float(r["mean"]) == 0.0 and r["n"] == "2" and r["verdict"] == "not significant"
+        assert float(r["p_t"]) == 1.0
+    assert {r["metric"] for r in table if r["run"] == "bigram_linear"} == set(mine)
+    rows = {(r["run"], r["seed"]): r for r in csv.DictReader(open(report / "summary.csv"))}
+    for seed in ("1", "2"):
+        assert float(rows[("baseline_again", seed)]["flops_to_baseline"]) == pytest.approx(1.0)
+        assert float(rows[("baseline_again", seed)]["flops"]) == float(rows[("baseline", seed)]["flops"]) > 0
+        assert rows[("baseline_again", seed)]["config_hash"] == rows[("baseline", seed)]["config_hash"]
+        for key in ("code_version", "data_hash", "tokenizer_hash"):
+            assert rows[("bigram_linear", seed)][key]
+    md = (report / "summary.md").read_text()
+    assert "## Against the baseline, paired by replicate" in md
+    assert re.search(r"\| baseline_again \| final_val_loss \| \+0\.0000 \[\+0\.0000, \+0\.0000\] \| 1 \|", md)
+
+
+def test_snakemakes_own_report_holds_the_plots_tables_and_job_statistics(finished_study, tmp_path):
+    workdir, config = finished_study
+    html = tmp_path / "report.html"
+    snakemake(workdir, config, "--report", str(html))
+    text = html.read_text(encoding="utf-8", errors="replace")
+    assert len(text) > 100_000
+    for name in ("val_loss.png", "summary.csv", "comparisons.csv", "learning_curves.png", "Study report"):
+        assert name in text, name
+    bench = workdir / "results" / "tiny" / "benchmarks"
+    assert {p.name for p in bench.iterdir()} >= {
+        "corpus",
+        "split",
+        "tokenizer",
+        "encode",
+        "train",
+        "evaluate",
+    }
+    times = list(csv.DictReader(open(workdir / "results" / "tiny" / "report" / "job_times.csv")))
+    assert {"train", "evaluate", "encode"} <= {r["rule"] for r in times}
+    assert all(float(r["seconds"]) >= 0 for r in times)
+    assert "## Where the time went" in (workdir / "results" / "tiny" / "report" / "summary.md").read_text()

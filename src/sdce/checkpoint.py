@@ -17,12 +17,36 @@ from sdce.io import atomic_dir, read_json, write_json
 STATE = "state.json"
 
 
+def code_commit() -> str | None:
+    """The git commit of the sdce source this process runs ("+dirty" when its files differ
+    from it), or None outside a git checkout (an installed wheel, a container)."""
+    import subprocess
+
+    src = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "-C", str(src), "diff", "--quiet", "HEAD", "--", "."], timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.returncode else "")
+
+
 def versions() -> dict:
     import transformers
 
     import sdce
 
     out = {"sdce": sdce.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    commit = code_commit()
+    if commit:
+        out["sdce_commit"] = commit
     try:
         import torch_xla
 

@@ -206,6 +206,7 @@ def cmd_report(args) -> None:
         spec["tail_fraction"],
         milestone_files=args.milestones,
         grid=json.loads(args.grid) if args.grid else None,
+        benchmarks=args.benchmarks,
     )
     print(finals.to_string(index=False))
 
@@ -410,6 +411,7 @@ def _evaluation_stages(sub, add) -> None:
     sp.add_argument("--milestones", nargs="*", default=[], help="milestone evaluation JSON files")
     sp.add_argument("--baseline", required=True)
     sp.add_argument("--grid", help="JSON {run: {base, axes}} of the study's grid expansion")
+    sp.add_argument("--benchmarks", help="folder of Snakemake's benchmark files (<rule>/<job>.tsv)")
     sp.add_argument("--out", required=True)
 
 

@@ -4,8 +4,12 @@ Inputs are self-describing runs (`summary.json` names run, fold and seed; the
 `metrics.jsonl` beside it holds the curves) and evaluation JSONs. A replicate is a
 (fold, seed) pair: fold `main` without k-fold splits. Outputs:
 
-    summary.csv   one row per run and replicate
-    summary.md    per-run mean +- std across replicates, steps saved, plot index
+    summary.csv   one row per run and replicate, with its provenance (config-slice hash,
+                  code version, data and tokenizer hashes) and compute (FLOPs)
+    comparisons.csv  every run against the baseline, paired by replicate: mean difference,
+                  95 % interval, paired-t and bootstrap p-values, minimum detectable effect
+    summary.md    per-run mean +- std across replicates, steps saved, FLOPs to baseline,
+                  the comparisons, plot index
     *.png         validation / training loss against steps (mean +- std bands),
                   their tails, and the guidance weight; per-fold curves with k folds
 """
@@ -19,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sdce import stats
 from sdce.io import atomic_dir, read_json
 from sdce.plan import MAIN_PART
 
@@ -44,6 +49,7 @@ def load_runs(summaries: list[str], eval_files: list[str]) -> tuple[pd.DataFrame
             curves.append({**r, "run": run, "fold": fold, "seed": seed})
         tps = [r["tokens_per_s"] for r in records if r["kind"] == "train"]
         e = evals.get((run, fold, seed), {})
+        compute = s.get("flops") or {}
         finals.append(
             {
                 "run": run,
@@ -58,11 +64,27 @@ def load_runs(summaries: list[str], eval_files: list[str]) -> tuple[pd.DataFrame
                 "curve_final_val_loss": s["final_val_loss"],
                 "perplexity": e.get("perplexity", s["final_val_ppl"]),
                 "tokens_per_s": float(np.median(tps)) if tps else float("nan"),
+                "flops": compute.get("total", float("nan")),
+                "teacher_flops_fixed": compute.get("teacher_fixed", float("nan")),
+                **_provenance(s),
                 **{k: v for k, v in e.items() if k.endswith("_accuracy") or k.startswith("babylm_")},
             }
         )
     finals = pd.DataFrame(finals).sort_values(["run", "fold", "seed"]).reset_index(drop=True)
     return pd.DataFrame(curves), finals
+
+
+def _provenance(summary: dict) -> dict:
+    """Where a row comes from: the hash of the run's config slice (with the data it trained
+    on), the code version, and the hashes of its training shard and tokenizer."""
+    versions = summary.get("versions") or {}
+    data = summary.get("data") or {}
+    return {
+        "config_hash": summary.get("config_hash", ""),
+        "code_version": versions.get("sdce_commit") or versions.get("sdce", ""),
+        "data_hash": data.get("train_shard_hash", ""),
+        "tokenizer_hash": data.get("tokenizer_hash", ""),
+    }
 
 
 def steps_to_reach(steps: np.ndarray, losses: np.ndarray, target: float) -> float:
@@ -110,7 +132,7 @@ def add_steps_to_baseline(curves: pd.DataFrame, finals: pd.DataFrame, baseline: 
     if finals[finals.base == baseline].empty:
         raise ValueError(f"report: baseline run '{baseline}' has no results")
     evals = curves[curves.kind == "eval"]
-    reach, saved = [], []
+    reach, saved, flops_to = [], [], []
     for _, row in finals.iterrows():
         # the baseline of the same replicate: same fold (same validation set) and seed
         base = baseline_rows(finals, row, baseline).set_index(["fold", "seed"])
@@ -121,9 +143,94 @@ def add_steps_to_baseline(curves: pd.DataFrame, finals: pd.DataFrame, baseline: 
         s = steps_to_reach(c.step.to_numpy(), c.val_loss.to_numpy(), target)
         reach.append(s)
         saved.append(float(base.steps.get(key, base.steps.mean())) - s if not math.isnan(s) else float("nan"))
+        # the run's FLOPs (student, teacher, fixed) when it reaches the baseline's loss, as a
+        # fraction of what the baseline spent on its whole run
+        spent = c.flops.to_numpy(dtype=float) if "flops" in c else np.array([np.nan])
+        reached = np.interp(s, c.step, spent) if not math.isnan(s) and len(spent) == len(c) else np.nan
+        flops_to.append(reached / float(base.flops.get(key, base.flops.mean())))
     finals["steps_to_baseline"] = reach
     finals["steps_saved"] = saved
+    finals["flops_to_baseline"] = flops_to
     return finals
+
+
+def comparisons(finals: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Every run against the baseline of the same replicate (fold, seed, and the grid axes
+    the baseline varies): steps saved (the baseline saves 0 by definition), and the
+    difference in final validation loss and in every zero-shot score (run - baseline),
+    with the paired statistics of `sdce.stats.paired`."""
+    metrics = ["final_val_loss"] + [c for c in finals.columns if c.endswith("_accuracy")]
+    metrics += [c for c in finals.columns if c.startswith("babylm_")]
+    rows = []
+    for run, g in finals[finals.base != baseline].groupby("run", sort=False):
+        base = pd.concat([baseline_rows(finals, r, baseline) for _, r in g.head(1).iterrows()])
+        base = base.set_index(["fold", "seed"])
+        mine = g.set_index(["fold", "seed"])
+        # steps saved: the baseline's steps to its own final loss (its last step unless its
+        # curve dipped below it earlier) minus the run's; an unreached pair is dropped
+        pairs = [("steps_saved", mine.steps_to_baseline, base.steps_to_baseline)]
+        pairs += [(m, base[m], mine[m]) for m in metrics if mine[m].notna().any()]
+        for metric, reference, value in pairs:
+            pair = stats.compare(reference.to_dict(), value.to_dict())
+            rows.append({"run": run, "metric": metric, **{k: v for k, v in pair.items() if k != "pairs"}})
+    return pd.DataFrame(rows)
+
+
+def headline(finals: pd.DataFrame, table: pd.DataFrame, baseline: str) -> str:
+    """The study's answer in one table (headline.md; `make readme-table` puts it in the
+    README): per run, the final validation loss, the steps it saves with their paired 95 %
+    interval and p-value, and its FLOPs to reach the baseline's final loss."""
+    lines = [
+        "| run | final val loss | steps saved [95 % CI] | p (paired t) | FLOPs to baseline | replicates |",
+        "|---|---|---|---|---|---|",
+    ]
+    saved = table[table.metric == "steps_saved"].set_index("run") if not table.empty else pd.DataFrame()
+    for run, g in finals.groupby("run", sort=False):
+        if run in saved.index:
+            r = saved.loc[run]
+            ci = f" [{r.t_low:+.0f}, {r.t_high:+.0f}]" if r.n >= 2 else ""
+            steps = f"{r['mean']:+.0f}{ci}" if r.n else "not reached"
+            p = "-" if pd.isna(r.p_t) else f"{r.p_t:.2g} ({r.verdict})"
+        else:
+            steps, p = ("baseline" if (g.base == baseline).all() else "-"), "-"
+        lines.append(
+            f"| {run} | {_mean_std(g.final_val_loss)} | {steps} | {p} | "
+            f"{_mean_std(g.flops_to_baseline, '{:.2f}')} | {_replicates(g)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+BOOTSTRAP_MIN_PAIRS = 5  # n pairs have at most C(2n-1, n) distinct resamples: 10 at n = 3
+
+
+def comparisons_markdown(table: pd.DataFrame) -> str:
+    if table.empty:
+        return ""
+    lines = [
+        "",
+        "## Against the baseline, paired by replicate",
+        "",
+        "Mean difference (run - baseline; for steps saved, the run's saving) with its 95 % paired-t "
+        "interval, the paired t-test's and a paired bootstrap's two-sided p-values (10,000 resamples), "
+        "and the smallest difference a paired t-test at this number of pairs detects with 80 % power "
+        "(MDE). Unreached runs are left out of steps saved (n says how many pairs remain). With fewer "
+        f"than {BOOTSTRAP_MIN_PAIRS} pairs a bootstrap has too few distinct resamples to mean anything "
+        "and is not shown (comparisons.csv keeps it).",
+        "",
+        "| run | metric | mean [95 % CI] | p (t) | p (bootstrap) | n | MDE | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in table.iterrows():
+        fmt = "{:+.0f}" if r.metric == "steps_saved" else "{:+.4f}"
+        ci = f"[{fmt.format(r.t_low)}, {fmt.format(r.t_high)}]" if r.n >= 2 else "(no interval)"
+        p = lambda v: "-" if pd.isna(v) else f"{v:.3g}"  # noqa: E731
+        mde = "-" if pd.isna(r.mde) else fmt.format(r.mde).lstrip("+")
+        lines.append(
+            f"| {r.run} | {r.metric} | {fmt.format(r['mean'])} {ci} | {p(r.p_t)} | "
+            f"{p(r.p_boot) if r.n >= BOOTSTRAP_MIN_PAIRS else '-'} | "
+            f"{r.n} | {mde} | {r.verdict} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _mean_std(x: pd.Series, fmt: str = "{:.4f}") -> str:
@@ -322,18 +429,20 @@ def learning_curves(milestones: pd.DataFrame, curves: pd.DataFrame, baseline: st
 
 
 def markdown(finals: pd.DataFrame, baseline: str, plots: list[str]) -> str:
-    base_tps = finals[finals.base == baseline].tokens_per_s.mean()
     lines = [
         "# Study report",
         "",
         f"Baseline: `{baseline}`. Steps to baseline = the first step (interpolated between evaluations) at "
         "which a run's validation curve reaches the last point of the baseline's curve for the same "
         "replicate (fold and seed); steps saved = baseline steps - that. Mean ± sample std across "
-        f"replicates ({_replicates(finals)}).",
+        f"replicates ({_replicates(finals)}). FLOPs to baseline = the model FLOPs (`sdce.flops`: "
+        "student training, teacher forward, a cache pass and the teacher's own training) a run has "
+        "spent when it reaches that loss, over the baseline's FLOPs for its whole run; below 1 guidance "
+        "saves compute. For speed see docs/benchmarks.md: these jobs shared the machine.",
         "",
         "| run | objective | schedule | replicates | final val loss | perplexity | steps to baseline "
         "| steps saved "
-        "| reached | tokens/s vs baseline |",
+        "| reached | FLOPs to baseline |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run, g in finals.groupby("run", sort=False):
@@ -342,7 +451,7 @@ def markdown(finals: pd.DataFrame, baseline: str, plots: list[str]) -> str:
             f"| {run} | {g.objective.iloc[0]} | {g.schedule.iloc[0] or '-'} | {len(g)} | "
             f"{_mean_std(g.final_val_loss)} | {_mean_std(g.perplexity, '{:.2f}')} | "
             f"{_mean_std(g.steps_to_baseline, '{:.0f}')} | {_mean_std(g.steps_saved, '{:.0f}')} | "
-            f"{reached}/{len(g)} | {g.tokens_per_s.mean() / base_tps:.3f} |"
+            f"{reached}/{len(g)} | {_mean_std(g.flops_to_baseline, '{:.3f}')} |"
         )
     acc_cols = [c for c in finals.columns if c.endswith("_accuracy") or c.startswith("babylm_")]
     if acc_cols:
@@ -359,6 +468,44 @@ def markdown(finals: pd.DataFrame, baseline: str, plots: list[str]) -> str:
             lines.append(f"| {run} | " + " | ".join(_mean_std(g[c], "{:.3f}") for c in acc_cols) + " |")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def job_times(folder: str | None, out: Path) -> str:
+    """Where the study's time went: Snakemake's benchmark files (`<rule>/<job>.tsv`, one row
+    per job: wall seconds `s`, peak resident memory `max_rss` in MB) summed per rule, into
+    job_times.csv and a table; "" without benchmark files."""
+    files = sorted(Path(folder).glob("*/*.tsv")) if folder else []
+    rows = []
+    for f in files:
+        table = pd.read_csv(f, sep="\t")
+        if not table.empty:
+            rss = pd.to_numeric(table.get("max_rss", pd.Series([np.nan])), errors="coerce")
+            rows.append({"rule": f.parent.name, "job": f.stem, "seconds": float(table.s.iloc[-1]),
+                         "max_rss_mb": float(rss.iloc[-1])})  # fmt: skip
+    if not rows:
+        return ""
+    jobs = pd.DataFrame(rows)
+    jobs.to_csv(out / "job_times.csv", index=False, float_format="%.6g")
+    per_rule = jobs.groupby("rule").agg(
+        jobs=("job", "size"), total=("seconds", "sum"), mean=("seconds", "mean"), longest=("seconds", "max"),
+        rss=("max_rss_mb", "max"),
+    ).sort_values("total", ascending=False)  # fmt: skip
+    lines = [
+        "",
+        "## Where the time went",
+        "",
+        f"Snakemake's `benchmark:` files of the {len(jobs)} jobs that have run (wall seconds; jobs "
+        f"ran side by side, so the sum, {jobs.seconds.sum():.0f} s, exceeds the study's wall time).",
+        "",
+        "| rule | jobs | total s | mean s | longest s | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rule, r in per_rule.iterrows():
+        rss = "-" if pd.isna(r.rss) else f"{r.rss:.0f}"
+        lines.append(
+            f"| {rule} | {int(r.jobs)} | {r.total:.1f} | {r['mean']:.1f} | {r.longest:.1f} | {rss} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _band_plot(
@@ -402,6 +549,7 @@ def build_report(
     tail_fraction: float,
     milestone_files: list[str] | None = None,
     grid: dict | None = None,
+    benchmarks: str | None = None,
 ) -> pd.DataFrame:
     curves, finals = load_runs(summaries, eval_files)
     finals = attach_grid(finals, grid)
@@ -423,13 +571,34 @@ def build_report(
         if not milestones.empty:
             milestones.to_csv(tmp / "milestones.csv", index=False, float_format="%.6g")
         finals.to_csv(tmp / "summary.csv", index=False, float_format="%.6g")
+        table = comparisons(finals, baseline)
+        table.to_csv(tmp / "comparisons.csv", index=False, float_format="%.6g")
+        (tmp / "headline.md").write_text(headline(finals, table, baseline))
         extra += axis_plots(finals, tmp)
         extra += fold_plot(curves, finals, baseline, tmp / "val_loss_by_fold.png")
         text = (
             markdown(finals, baseline, [p[0] for p in plots] + extra)
+            + comparisons_markdown(table)
             + axis_tables(finals)
             + fold_tables(finals)
             + babylm_leaderboard(finals, tmp)
+            + job_times(benchmarks, tmp)
         )
         (tmp / "summary.md").write_text(text)
     return finals
+
+
+BEGIN, END = "<!-- headline: written by `make readme-table` from the report -->", "<!-- /headline -->"
+
+
+def insert_headline(report_dir: str | Path, document: str | Path) -> None:
+    """Replace the block between the headline markers of `document` (the README) with the
+    report's headline.md, so the README's table is the report's, not typed by hand."""
+    document = Path(document)
+    text = document.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{document} has no headline markers ({BEGIN} ... {END})")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    table = (Path(report_dir) / "headline.md").read_text(encoding="utf-8")
+    document.write_text(f"{head}{BEGIN}\n{table}{END}{tail}", encoding="utf-8")

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-from sdce import backends, config, objectives
+from sdce import backends, config, flops, objectives
 from sdce import checkpoint as ckpt
 from sdce.backends import TrainingError
 from sdce.data import batches
 from sdce.data.shards import load_shard
 from sdce.evaluation import validation
-from sdce.io import atomic_dir, write_json, write_text
+from sdce.io import atomic_dir, file_hash, write_json, write_text
 from sdce.job import Job
 from sdce.metrics import MetricsLog, StepWindow
 from sdce.model import build_model, count_parameters
@@ -86,6 +86,7 @@ class Trainer:
         )
         self.aux = objectives.aux_weights(job.run)
         self.model = build_model(job.run["model"], self.tokenizer, self.block, job.seed)
+        self.compute = Compute(self.model.config, self.teacher, self.guidance, self.spec)
         if self.spec["gradient_checkpointing"]:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = bk.place(self.model)
@@ -95,6 +96,7 @@ class Trainer:
         self.metrics = MetricsLog(self.out / "work" / "metrics.jsonl", bk.is_main, words_per_token)
         remote = storage.Remote(job.placement.checkpoint_uri) if job.placement.checkpoint_uri else None
         self.config_hash = job.config_hash(train_meta)
+        self.tokenizer_hash = train_meta["tokenizer_hash"]
         self.checkpointer = ckpt.Checkpointer(
             self.out / "work", self.config_hash, self.spec, bk, self.metrics, remote
         )
@@ -178,7 +180,12 @@ class Trainer:
         return {**terms, "lr": lr}
 
     def log(self, step: int, lr: float, weight: float, window: StepWindow, bar) -> None:
-        values = {"lr": lr, "weight": weight, "tokens_per_s": window.tokens_per_s()}
+        values = {
+            "lr": lr,
+            "weight": weight,
+            "tokens_per_s": window.tokens_per_s(),
+            "flops": self.compute(step),
+        }
         values.update(window.means(self.bk.device, self.bk))
         self.metrics.write("train", step, self.tokens, values)
         bar.set_postfix(loss=f"{values['loss']:.3f}", w=f"{weight:.2f}")
@@ -190,6 +197,7 @@ class Trainer:
             self.model, self.val_data, self.block, self.spec["eval_tokens"], self.micro, self.bk
         )
         values = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": n}
+        values["flops"] = self.compute(step)
         self.metrics.write("eval", step, self.tokens, values)
         return loss
 
@@ -206,11 +214,16 @@ class Trainer:
             "steps": self.spec["steps"],
             "tokens": self.tokens,
             "parameters": count_parameters(bk.unwrap(self.model)),
+            "flops": self.compute.summary(),
             "seed": job.seed,
             "fold": job.fold,
             "objective": self.objective.name,
             "config_hash": self.config_hash,
             "versions": ckpt.versions(),
+            "data": {
+                "train_shard_hash": file_hash(job.inputs.train_shard),
+                "tokenizer_hash": self.tokenizer_hash,
+            },
             "processes": bk.world,
             "backend": bk.describe(),
             "settings": job.run,
@@ -231,6 +244,36 @@ class Trainer:
         return tqdm(
             total=self.spec["steps"], initial=start, desc=self.out.name, dynamic_ncols=True, disable=None
         )
+
+
+class Compute:
+    """The model FLOPs a run has spent after a number of steps (`sdce.flops`): the student's
+    training, its teacher's forward on the steps the teacher runs (a decayed teacher is not
+    run) and the teacher's fixed cost (a cache pass, its own training), counted at step 0."""
+
+    def __init__(self, model_config, teacher, guidance: dict, spec: dict):
+        self.steps, block = spec["steps"], spec["block_size"]
+        steps = self.steps
+        self.tokens_per_step = spec["batch_size"] * block
+        self.student = flops.of_config(model_config).train_per_token(block)
+        self.teacher, self.fixed = flops.teacher_cost(teacher, block)
+        runs = [teacher is not None and guidance_weight(s, guidance, steps) > 0 for s in range(steps)]
+        self.teacher_steps = np.concatenate([[0], np.cumsum(runs)])
+
+    def __call__(self, steps: int) -> float:
+        teacher_steps = int(self.teacher_steps[steps])
+        work = steps * self.student + teacher_steps * self.teacher
+        return float(self.tokens_per_step * work + self.fixed)
+
+    def summary(self) -> dict:
+        return {
+            "student_per_token": self.student,
+            "teacher_per_token": self.teacher,
+            "teacher_fixed": self.fixed,
+            "tokens_per_step": self.tokens_per_step,
+            "teacher_steps": int(self.teacher_steps[-1]),
+            "total": self(self.steps),
+        }
 
 
 class _NoBar:

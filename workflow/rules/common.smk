@@ -9,6 +9,8 @@ from sdce import plan as sdce_plan
 
 RESULTS = f"{config['results_dir']}/{config['experiment']}"
 LOGS = f"{RESULTS}/logs"
+# Snakemake's own per-job wall time and memory (`benchmark:`), read by the report's job-time table
+BENCHMARKS = f"{RESULTS}/benchmarks"
 # the study's plan (sdce.plan, made by the Snakefile): resolved runs, partitions, teachers
 GRID = PLAN.grid
 RUNS = PLAN.runs

@@ -9,6 +9,8 @@ rule corpus:
         stats=f"{RESULTS}/data/corpus.stats.json",
     log:
         f"{LOGS}/corpus.log",
+    benchmark:
+        f"{BENCHMARKS}/corpus/corpus.tsv"
     container:
         image("cpu")
     params:
@@ -25,6 +27,8 @@ rule split:
         validation=f"{RESULTS}/data/{{part}}/validation.jsonl",
     log:
         f"{LOGS}/split/{{part}}.log",
+    benchmark:
+        f"{BENCHMARKS}/split/{{part}}.tsv"
     container:
         image("cpu")
     params:
@@ -42,6 +46,8 @@ rule tokenizer:
         tokenizer=directory(f"{RESULTS}/tokenizers/{{fold}}"),
     log:
         f"{LOGS}/tokenizer/{{fold}}.log",
+    benchmark:
+        f"{BENCHMARKS}/tokenizer/{{fold}}.tsv"
     container:
         image("cpu")
     params:
@@ -59,6 +65,8 @@ rule encode:
         sidecar=f"{RESULTS}/shards/{{part}}/{{split}}.bin.json",
     log:
         f"{LOGS}/encode/{{part}}_{{split}}.log",
+    benchmark:
+        f"{BENCHMARKS}/encode/{{part}}_{{split}}.tsv"
     container:
         image("cpu")
     shell:

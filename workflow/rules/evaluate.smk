@@ -3,6 +3,8 @@ rule minimal_pairs:
         pairs=directory(f"{RESULTS}/eval/minimal_pairs"),
     log:
         f"{LOGS}/minimal_pairs.log",
+    benchmark:
+        f"{BENCHMARKS}/minimal_pairs/minimal_pairs.tsv"
     container:
         image("cpu")
     params:
@@ -20,6 +22,8 @@ rule evaluate:
         result=f"{RESULTS}/eval/{{run}}/{{fold}}/seed{{seed}}.json",
     log:
         f"{LOGS}/evaluate/{{run}}_{{fold}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/evaluate/{{run}}_{{fold}}_seed{{seed}}.tsv"
     container:
         image("cpu")
     threads: 1
@@ -44,6 +48,8 @@ rule evaluate_milestones:
         result=f"{RESULTS}/eval/{{run}}/{{fold}}/seed{{seed}}.milestones.json",
     log:
         f"{LOGS}/evaluate/{{run}}_{{fold}}_seed{{seed}}_milestones.log",
+    benchmark:
+        f"{BENCHMARKS}/evaluate_milestones/{{run}}_{{fold}}_seed{{seed}}_milestones.tsv"
     container:
         image("cpu")
     threads: 1

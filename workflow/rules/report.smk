@@ -5,16 +5,27 @@ rule report:
         evals=all_runs(f"{RESULTS}/eval/{{run}}/{{fold}}/seed{{seed}}.json"),
         milestones=milestone_evals(),
     output:
-        report=directory(f"{RESULTS}/report"),
+        # `snakemake --report report.html` shows the plots and tables with these captions
+        report=report(
+            directory(f"{RESULTS}/report"),
+            patterns=["{name}.png", "{name}.csv"],
+            caption="../report/study_report.rst",
+            category="Study report",
+        ),
     log:
         f"{LOGS}/report.log",
+    benchmark:
+        f"{BENCHMARKS}/report/report.tsv"
     container:
         image("cpu")
     params:
         spec=section_json("report"),
         baseline=config["baseline"],
         grid=grid_json(),
+        # read, not an input: the job times of the jobs that have run (a rerun adds its own)
+        benchmarks=BENCHMARKS,
     shell:
         "sdce report --params {params.spec:q} --summaries {input.summaries} --evals {input.evals}"
         " --milestones {input.milestones} --baseline {params.baseline} --grid {params.grid:q}"
+        " --benchmarks {params.benchmarks}"
         " --out {output.report} > {log} 2>&1"

@@ -7,6 +7,8 @@ rule bigram:
         meta=f"{RESULTS}/bigram/{{part}}.json",
     log:
         f"{LOGS}/bigram/{{part}}.log",
+    benchmark:
+        f"{BENCHMARKS}/bigram/{{part}}.tsv"
     container:
         image("cpu")
     params:
@@ -33,6 +35,8 @@ rule teacher_tokenizer:
         tokenizer=directory(f"{RESULTS}/teachers/{{teacher}}/tokenizers/{{fold}}"),
     log:
         f"{LOGS}/teachers/{{teacher}}_tokenizer_{{fold}}.log",
+    benchmark:
+        f"{BENCHMARKS}/teacher_tokenizer/{{teacher}}_tokenizer_{{fold}}.tsv"
     container:
         image("cpu")
     params:
@@ -50,6 +54,8 @@ rule teacher_encode:
         sidecar=f"{RESULTS}/teachers/{{teacher}}/shards/{{part}}/{{split}}.bin.json",
     log:
         f"{LOGS}/teachers/{{teacher}}_encode_{{part}}_{{split}}.log",
+    benchmark:
+        f"{BENCHMARKS}/teacher_encode/{{teacher}}_encode_{{part}}_{{split}}.tsv"
     container:
         image("cpu")
     shell:
@@ -69,6 +75,8 @@ rule teacher_train:
         summary=f"{RESULTS}/teachers/{{teacher}}/train/{{part}}/summary.json",
     log:
         f"{LOGS}/teachers/{{teacher}}_train_{{part}}.log",
+    benchmark:
+        f"{BENCHMARKS}/teacher_train/{{teacher}}_train_{{part}}.tsv"
     container:
         image("cuda")
     threads: 1
@@ -91,6 +99,8 @@ rule teacher:
         descriptor=f"{RESULTS}/teachers/{{teacher}}/descriptors/{{part}}.json",
     log:
         f"{LOGS}/teachers/{{teacher}}_describe_{{part}}.log",
+    benchmark:
+        f"{BENCHMARKS}/teacher/{{teacher}}_describe_{{part}}.tsv"
     container:
         image("cpu")
     params:
@@ -111,6 +121,8 @@ rule cache_teacher:
         cache=directory(f"{RESULTS}/teachers/{{teacher}}/cache/{{part}}"),
     log:
         f"{LOGS}/teachers/{{teacher}}_cache_{{part}}.log",
+    benchmark:
+        f"{BENCHMARKS}/cache_teacher/{{teacher}}_cache_{{part}}.tsv"
     container:
         image("cuda")
     threads: 1

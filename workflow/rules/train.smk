@@ -9,6 +9,8 @@ rule train:
         summary=f"{RESULTS}/runs/{{run}}/{{fold}}/seed{{seed}}/summary.json",
     log:
         f"{LOGS}/train/{{run}}_{{fold}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train/{{run}}_{{fold}}_seed{{seed}}.tsv"
     container:
         image("cuda")
     threads: 1

@@ -29,12 +29,17 @@ def windows(data: np.ndarray, offsets: np.ndarray, block_size: int) -> tuple[tor
 
 
 def validation_blocks(n_tokens: int, block_size: int, max_tokens: int | None) -> np.ndarray:
-    """Offsets of consecutive, non-overlapping validation windows (deterministic)."""
-    usable = n_tokens - 1 if max_tokens is None else min(n_tokens - 1, max_tokens)
-    count = usable // block_size
-    if count == 0:
+    """Offsets of the validation windows: every non-overlapping window of the shard, or, when
+    `max_tokens` holds fewer, that many spread evenly over the whole shard (the middle window
+    of each of `count` equal stretches). They depend on the shard's length only, so every
+    step of every run on a shard is scored on the same windows. A coherent split orders the
+    validation shard by source: the first windows alone would score the first source only."""
+    total = (n_tokens - 1) // block_size
+    if total == 0:
         raise ValueError(
             f"validation shard has {n_tokens} tokens, fewer than one block of {block_size}: "
             "raise split.validation_fraction or lower training.block_size"
         )
-    return np.arange(count) * block_size
+    count = total if max_tokens is None else min(total, max(1, max_tokens // block_size))
+    picks = (np.arange(count) * total + total // 2) // count if count < total else np.arange(total)
+    return picks.astype(np.int64) * block_size

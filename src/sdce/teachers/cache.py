@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sdce import flops
 from sdce.data.shards import dtype_for, load_shard
 from sdce.io import atomic_dir, file_hash, read_json, stable_hash, write_json
 from sdce.teachers.signal import GuidanceSignal
@@ -98,6 +99,8 @@ def build_caches(teacher, shard: str | Path, spec: dict, out: str | Path) -> dic
             for name, s in signals.items():
                 caches[name].write(int(chunk_starts[0]), teacher.signal_from_logits(logits, valid, s))
         seconds = time.perf_counter() - t0
+        shape = teacher.descriptor.get("flops", {}).get("shape")
+        pass_flops = flops.ModelFlops(**shape).forward_per_token(ctx) * n if shape else 0.0
         support = teacher.alignment.student_mask.cpu().numpy()
         infos = {}
         for name, s in signals.items():
@@ -110,6 +113,10 @@ def build_caches(teacher, shard: str | Path, spec: dict, out: str | Path) -> dic
                 "seconds": seconds,
                 "tokens_per_s": n / max(seconds, 1e-9),
                 "signals_per_pass": len(signals),
+                # compute (sdce.flops): the pass that filled the cache, counted once for all its
+                # signals, and the teacher's own training when the study trained it
+                "teacher_flops": pass_flops,
+                "teacher_training_flops": float(teacher.descriptor.get("flops", {}).get("training", 0.0)),
             }
             write_json(tmp / name / SIDECAR, infos[name])
     return infos

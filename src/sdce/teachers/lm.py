@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sdce import flops
 from sdce.io import dir_hash, read_json, stable_hash, write_json
 from sdce.teachers.signal import GuidanceSignal
 from sdce.teachers.vocab import (
@@ -103,12 +104,19 @@ def load_teacher_lm(path: str | Path, *, dtype: str = "float32", trust_remote_co
     return model, load_lm_tokenizer(path, trust_remote_code)
 
 
-def _model_vocab_and_positions(path: str | Path, trust_remote_code: bool) -> tuple[int, int | None]:
+def _model_config(path: str | Path, trust_remote_code: bool):
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(_adapter_base(path) or str(path), trust_remote_code=trust_remote_code)
-    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-    return int(config.vocab_size), positions
+    return AutoConfig.from_pretrained(_adapter_base(path) or str(path), trust_remote_code=trust_remote_code)
+
+
+def _training_flops(path: str | Path) -> float:
+    """The FLOPs the study spent training a teacher: the training job's summary.json beside
+    its model folder; 0 for a model the study did not train."""
+    summary = Path(path).parent / "summary.json"
+    if _is_local(path) and summary.is_file():
+        return float(read_json(summary).get("flops", {}).get("total", 0.0))
+    return 0.0
 
 
 def tokenizer_hash(tokenizer) -> str:
@@ -124,7 +132,9 @@ def describe_teacher(
     from sdce.data.tokenizer import load as load_student_tokenizer
 
     teacher_tok = load_lm_tokenizer(model, spec["trust_remote_code"])
-    vocab, positions = _model_vocab_and_positions(model, spec["trust_remote_code"])
+    config = _model_config(model, spec["trust_remote_code"])
+    vocab = int(config.vocab_size)
+    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     student_tok = load_student_tokenizer(student_tokenizer_dir)
     try:
         alignment = align_vocabularies(
@@ -143,6 +153,7 @@ def describe_teacher(
         "tokenizer_hash": tokenizer_hash(teacher_tok),
         "max_positions": positions,
         "alignment": alignment.summary(),
+        "flops": {"shape": flops.shape_dict(flops.of_config(config)), "training": _training_flops(model)},
     }
     write_json(out, descriptor)
     return descriptor

@@ -1,0 +1,93 @@
+"""Compute as SALT and PaLM count it: model FLOPs per token from a transformer's shape.
+
+A decoder with L layers, width d, context T and N matrix-multiply parameters (attention and
+MLP projections and the LM head; embedding lookups, norms and biases do no matmul) spends
+
+    forward  2·N + 4·L·d·T  FLOPs per token   (2 per multiply-add; QK^T and AV: 2·T·d each)
+    training 3 × forward    = 6·N + 12·L·d·T  (backward twice the forward)
+
+(Chowdhery et al. 2022, PaLM, appendix B; Kaplan et al. 2020, section 2.1). As there, the
+attention term counts the full T×T score matrix, not the causal half, and elementwise work
+(softmax, norms, the loss and its guidance mix) is left out: for the default study's student
+the guidance mix is ~10·V = 2e4 FLOPs per token against 6·N ≈ 3e6, under 1 %.
+
+A teacher costs its forward per token when it runs beside the student (`online`), its
+forward over the training shard once when its signal is cached, and its own training when
+the study trains it. A bigram table is counted as free: counting it is one pass of integer
+additions over the shard, no matmul.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# model types whose MLP is gated (gate, up and down projections: 3·d·ff parameters)
+GATED_MLP = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2"}
+
+
+@dataclass(frozen=True)
+class ModelFlops:
+    """The shape that decides a decoder's FLOPs."""
+
+    matmul_params: int  # N: parameters of the matrix multiplies, LM head included
+    layers: int
+    attn_width: int  # heads × head dimension (the width of Q, K and V per token)
+
+    def forward_per_token(self, context: int) -> float:
+        return 2.0 * self.matmul_params + 4.0 * self.layers * self.attn_width * context
+
+    def train_per_token(self, context: int) -> float:
+        return 3.0 * self.forward_per_token(context)
+
+
+def _get(config, *names, default=None):
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def of_config(config) -> ModelFlops:
+    """The FLOP shape of a `transformers` decoder config (GPT-2 and Llama-family naming)."""
+    d = int(_get(config, "hidden_size", "n_embd"))
+    layers = int(_get(config, "num_hidden_layers", "n_layer"))
+    heads = int(_get(config, "num_attention_heads", "n_head"))
+    kv_heads = int(_get(config, "num_key_value_heads", default=heads))
+    head_dim = int(_get(config, "head_dim", default=d // heads))
+    ff = int(_get(config, "intermediate_size", "n_inner", default=4 * d) or 4 * d)
+    vocab = int(config.vocab_size)
+    attn = d * heads * head_dim + 2 * d * kv_heads * head_dim + heads * head_dim * d  # q, k, v, o
+    mlp = (3 if getattr(config, "model_type", "") in GATED_MLP else 2) * d * ff
+    return ModelFlops(
+        matmul_params=layers * (attn + mlp) + d * vocab, layers=layers, attn_width=heads * head_dim
+    )
+
+
+def of_model_folder(path) -> ModelFlops:
+    """The FLOP shape of a saved model (its config.json; no weights are loaded)."""
+    from transformers import AutoConfig
+
+    return of_config(AutoConfig.from_pretrained(str(path)))
+
+
+def shape_dict(shape: ModelFlops) -> dict:
+    return {"matmul_params": shape.matmul_params, "layers": shape.layers, "attn_width": shape.attn_width}
+
+
+def teacher_cost(teacher, context: int) -> tuple[float, float]:
+    """(FLOPs per student token while the teacher runs, FLOPs spent once) of a loaded teacher.
+
+    An online LM teacher's descriptor holds its shape and, when the study trained it, its
+    training FLOPs; a cache's sidecar holds the FLOPs of the pass that filled it and the
+    teacher's training FLOPs. Bigram and uniform teachers cost nothing (see the docstring)."""
+    if teacher is None:
+        return 0.0, 0.0
+    info = getattr(teacher, "info", None)  # a cached signal
+    if isinstance(info, dict):
+        return 0.0, float(info.get("teacher_flops", 0.0)) + float(info.get("teacher_training_flops", 0.0))
+    descriptor = getattr(teacher, "descriptor", None)  # an online teacher
+    if isinstance(descriptor, dict) and "flops" in descriptor:
+        shape = ModelFlops(**descriptor["flops"]["shape"])
+        return shape.forward_per_token(context), float(descriptor["flops"].get("training", 0.0))
+    return 0.0, 0.0
