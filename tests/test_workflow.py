@@ -303,3 +303,26 @@ def test_snakemakes_own_report_holds_the_plots_tables_and_job_statistics(finishe
     assert {"train", "evaluate", "encode"} <= {r["rule"] for r in times}
     assert all(float(r["seconds"]) >= 0 for r in times)
     assert "## Where the time went" in (workdir / "results" / "tiny" / "report" / "summary.md").read_text()
+
+
+def test_a_masked_diffusion_run_beside_the_autoregressive_baseline(tmp_path):
+    """tests/configs/tiny_mdm.yaml through the real DAG: the ModernBERT masked-diffusion run
+    has its rows, milestones and minimal pairs like the baseline, its loss labelled a bound."""
+    config = REPO / "tests" / "configs" / "tiny_mdm.yaml"
+    snakemake(tmp_path, config, "--cores", "2")
+    report = tmp_path / "results" / "tiny_mdm" / "report"
+    rows = {r["run"]: r for r in csv.DictReader(open(report / "summary.csv"))}
+    assert set(rows) == {"baseline", "diffusion"}
+    assert rows["baseline"]["measure"] == "next_token" and rows["diffusion"]["measure"] == "elbo"
+    for r in rows.values():
+        assert 1.0 < float(r["perplexity"]) < 400 and 0.0 <= float(r["synthetic_accuracy"]) <= 1.0
+    milestones = list(csv.DictReader(open(report / "milestones.csv")))
+    assert {(m["run"], int(m["milestone"])) for m in milestones} >= {("diffusion", 200), ("diffusion", 400)}
+    headline = (report / "headline.md").read_text()
+    line = next(x for x in headline.splitlines() if x.startswith("| diffusion"))
+    assert "≤" in line and "n/a (loss is a bound)" in line
+    (model,) = (tmp_path / "results" / "tiny_mdm" / "runs" / "diffusion").glob("*/seed1/model")
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    assert AutoModelForMaskedLM.from_pretrained(model).config.model_type == "modernbert"
+    assert AutoTokenizer.from_pretrained(model).mask_token == "<|mask|>"

@@ -172,15 +172,28 @@ def cmd_evaluate(args) -> None:
     spec = _params(args, "properties/evaluation", "evaluation")
     torch_threads(args.threads)
     folders = _named_folders(args.pairs)
+    measure = _measure(args.measure)
     if args.milestones:
-        found = evaluate_milestones(args.model, args.val_shard, args.block_size, spec, folders)
+        found = evaluate_milestones(args.model, args.val_shard, args.block_size, spec, folders, measure)
         result = {"run": args.name, "fold": args.fold, "seed": args.seed, "milestones": found}
         print(f"evaluate: {len(found)} milestone(s) of {args.model}")
     else:
-        result = evaluate_model(args.model, args.val_shard, args.block_size, spec, folders)
+        result = evaluate_model(args.model, args.val_shard, args.block_size, spec, folders, measure)
         result.update({"run": args.name, "fold": args.fold, "seed": args.seed})
         print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, sort_keys=True))
     write_json(args.out, result)
+
+
+def _measure(text: str) -> dict:
+    from sdce.evaluation.validation import MEASURES
+
+    try:
+        measure = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise cfg.ConfigError(f"--measure is not valid JSON: {e.msg}") from None
+    if not isinstance(measure, dict) or measure.get("name") not in MEASURES:
+        raise cfg.ConfigError(f"--measure: 'name' must be one of {', '.join(MEASURES)}, got {text}")
+    return measure
 
 
 def cmd_minimal_pairs(args) -> None:
@@ -394,6 +407,12 @@ def _evaluation_stages(sub, add) -> None:
     sp.add_argument("--block-size", type=int, required=True)
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--pairs", nargs="*", help="minimal-pair folders as NAME=FOLDER")
+    sp.add_argument(
+        "--measure",
+        default='{"name": "next_token"}',
+        help="JSON: the validation measure of the run's objective and its options "
+        "(next_token, or elbo with n_draws for masked diffusion)",
+    )
     sp.add_argument(
         "--milestones", action="store_true", help="--model is a run folder: evaluate its milestones"
     )

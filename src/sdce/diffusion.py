@@ -214,6 +214,7 @@ def elbo(
     seed: int,
     eps: float = 1e-3,
     method: str = "exact_count",
+    row_seeds=None,
 ) -> float:
     """Monte Carlo estimate of the negative ELBO in nats per token (exp() bounds perplexity).
 
@@ -237,29 +238,63 @@ def elbo(
     batch). For uniform logits every draw gives exactly L log V, so elbo = log V.
     method="bernoulli": `forward_process` (t ~ U(0, 1), p = (1 - eps) t + eps, Bernoulli
     masks), the training distribution; `eps` is used only here.
+
+    `row_seeds` (one int per row): row b's draws come from a generator seeded with
+    (seed, row_seeds[b]) instead of one generator for the batch, so a sequence is scored on
+    the same draws whatever batch it is in (the validation measure seeds each window by its
+    index in the shard).
     """
     b, seq_len = _check_ids(input_ids)
     if n_draws < 1:
         raise ValueError(f"n_draws must be >= 1, got {n_draws}")
     if method not in ("exact_count", "bernoulli"):
         raise ValueError(f"method must be 'exact_count' or 'bernoulli', got {method!r}")
+    if row_seeds is None:
+        draws = _draws(input_ids, mask_id, n_draws, _cpu_generator(seed), method, eps)
+    else:  # each row's draws from its own generator: independent of the batch it lands in
+        if len(row_seeds) != b:
+            raise ValueError(f"row_seeds must have {b} entries, got {len(row_seeds)}")
+        rows = [
+            _draws(input_ids[i : i + 1], mask_id, n_draws, _cpu_generator(seed, int(r)), method, eps)
+            for i, r in enumerate(row_seeds)
+        ]
+        per_draw = zip(*rows, strict=True)  # draw d: every row's (noisy, masked, p)
+        draws = [tuple(torch.cat(parts) for parts in zip(*d, strict=True)) for d in per_draw]
+    total = 0.0
+    for noisy, masked, p in draws:
+        logits = model_fn(noisy)
+        ce = F.cross_entropy(logits[masked].double(), input_ids[masked], reduction="none")
+        total += float((ce / p[masked].double()).sum())
+    return total / (n_draws * b * seq_len)
+
+
+def _cpu_generator(*seed: int) -> torch.Generator:
+    """A CPU generator seeded with `seed` (one int as given; several combined by SeedSequence)."""
+    if len(seed) == 1:
+        return torch.Generator(device="cpu").manual_seed(int(seed[0]))
+    import numpy as np
+
+    state = np.random.SeedSequence([int(s) for s in seed]).generate_state(1, dtype=np.uint64)
+    return torch.Generator(device="cpu").manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def _draws(input_ids, mask_id: int, n_draws: int, generator, method: str, eps: float) -> list:
+    """The n_draws (noisy_ids, masked, p) of `elbo` for a batch, all drawn before any model call."""
+    b, seq_len = _check_ids(input_ids)
     device = input_ids.device
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
     if method == "exact_count":
         k0 = torch.randint(1, seq_len + 1, (b,), generator=generator)
-    total = 0.0
+    out = []
     for d in range(n_draws):
         if method == "exact_count":
             k = torch.round(k0.double() + d * (seq_len / n_draws)).long()
             k = ((k - 1) % seq_len + 1).to(device)
             masked, p = _exact_count_mask(b, seq_len, k, generator, device)
             noisy = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
+            out.append((noisy, masked, p))
         else:
-            noisy, masked, p = forward_process(input_ids, mask_id, generator, eps=eps)
-        logits = model_fn(noisy)
-        ce = F.cross_entropy(logits[masked].double(), input_ids[masked], reduction="none")
-        total += float((ce / p[masked].double()).sum())
-    return total / (n_draws * b * seq_len)
+            out.append(forward_process(input_ids, mask_id, generator, eps=eps))
+    return out
 
 
 def get_num_transfer_tokens(mask_index: torch.Tensor, steps: int) -> torch.Tensor:

@@ -17,6 +17,9 @@ fraction of positions the teacher could align; the others carry no teacher term)
                                                        teacher, = F.cross_entropy(label_smoothing=w)
     surrogate        CE + w G,  G_i = sum_j a_ij (-log p(t_ij))
     kl               (1 - w(1 - alpha)) CE + w (1 - alpha) T^2 KL(q^T || p^T)
+    masked_diffusion sum_{i masked} CE_i / p_i / (B L)   LLaDA (sdce.diffusion); targets are the
+                                                       clean tokens at masked positions, -100
+                                                       elsewhere; the normaliser is every position
 
 Surrogate: t_ij are the teacher's top-k next tokens at position i, mapped into the
 student vocabulary; entries outside the vocabulary intersection, below
@@ -395,6 +398,23 @@ def kl_loss(
     share = weight * (1.0 - alpha)
     guidance = temperature**2 * kl
     return {"loss": (1.0 - share) * ce + share * guidance, "ce": ce, "guidance": guidance, "kl": kl, **terms}
+
+
+def masked_diffusion_loss(
+    logits, targets, signal=None, weight=0.0, *, tail_policy="uniform", p: torch.Tensor, **opts
+) -> dict:
+    """LLaDA's pre-training loss (`sdce.diffusion.pretraining_loss`) in this module's signature:
+    `targets` holds the clean token where the input was masked and IGNORE elsewhere, `p` the
+    mask probability of each position. Unlike the other objectives it is not a mean over
+    scored tokens: it is divided by every position. `ce` is the plain mean CE over the
+    masked tokens and `mask_rate` the fraction masked (both logged, not optimised)."""
+    from sdce.diffusion import pretraining_loss
+
+    masked = targets != IGNORE
+    logits = _upcast(logits)
+    loss = pretraining_loss(logits, targets.clamp_min(0), masked, p.to(logits.dtype))
+    ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE)
+    return {"loss": loss, "ce": torch.nan_to_num(ce), "mask_rate": masked.to(logits.dtype).mean()}
 
 
 def z_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -64,10 +64,40 @@ def _llama_config(spec: dict, vocab_size: int, positions: int, bos_id: int, eos_
     )
 
 
+def _modernbert_config(spec: dict, vocab_size: int, positions: int, bos_id: int, eos_id: int):
+    """A bidirectional mask predictor for masked diffusion. LLaDA's network is a Llama
+    without the causal mask; transformers has no bidirectional Llama class, and ModernBERT
+    is the maintained encoder closest to it (pre-norm, rotary positions, gated MLP, no
+    biases), loaded by AutoModelForMaskedLM as the official BabyLM `mlm` backend loads a
+    model. Every layer attends globally (global_attn_every_n_layers=1): LLaDA has no local
+    attention. The remaining differences (LayerNorm for RMSNorm, GeGLU for SwiGLU, a norm
+    after the embeddings, a dense layer in the head) are ModernBERT's own."""
+    from transformers import ModernBertConfig
+
+    return ModernBertConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec["n_embd"],
+        intermediate_size=_inner(spec),
+        num_hidden_layers=spec["n_layer"],
+        num_attention_heads=spec["n_head"],
+        max_position_embeddings=positions,
+        global_attn_every_n_layers=1,
+        attention_dropout=spec["dropout"],
+        embedding_dropout=spec["dropout"],
+        mlp_dropout=spec["dropout"],
+        pad_token_id=eos_id,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        cls_token_id=bos_id,
+        sep_token_id=eos_id,
+    )
+
+
 # model.family -> Family; a new architecture is one entry here and its name in the schema enum
 FAMILIES: dict[str, Family] = {
     "gpt2": Family(_gpt2_config),
     "llama": Family(_llama_config),
+    "modernbert": Family(_modernbert_config, kind="bidirectional", auto_class="AutoModelForMaskedLM"),
 }
 
 
@@ -103,12 +133,18 @@ def auto_class(kind_or_path: str):
 def saved_kind(path: str | Path) -> str:
     """The kind of a saved model: a family's kind when its config names one, else causal."""
     config = Path(path) / "config.json"
-    if config.is_file():
-        model_type = json.loads(config.read_text()).get("model_type")
-        for name, family in FAMILIES.items():
-            if name == model_type:
-                return family.kind
-    return "causal"
+    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    return _kind_of_type(model_type)
+
+
+def kind_of(model) -> str:
+    """The kind of a loaded model (`causal` or `bidirectional`), from its config's model_type."""
+    return _kind_of_type(getattr(model.config, "model_type", None))
+
+
+def _kind_of_type(model_type: str | None) -> str:
+    family = FAMILIES.get(model_type or "")
+    return family.kind if family else "causal"
 
 
 def load_model(path: str | Path, **kwargs):
@@ -156,6 +192,8 @@ def build_model(spec: dict, tokenizer, block_size: int, seed: int):
         )
     positions = max(block_size, spec["n_positions"] or block_size)
     cfg = build_config(spec, len(tokenizer), positions, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    if getattr(tokenizer, "mask_token_id", None) is not None:  # saved with the model (masked diffusion)
+        cfg.mask_token_id = tokenizer.mask_token_id
     torch.manual_seed(seed)
     return AutoModel.from_config(cfg, attn_implementation=attn)
 

@@ -16,8 +16,12 @@ An entry says everything the pipeline needs to know about an objective:
 * `model_kind`: the kind of student it trains (`causal` next-token models; `bidirectional`
   for objectives that denoise a whole sequence);
 * `batch`: how a training window becomes the model's inputs, the loss targets and any extra
-  arguments of the loss (`causal_batch`: inputs x, targets the next tokens);
-* `validation`: the periodic validation measure (a name in `sdce.evaluation.validation.MEASURES`).
+  arguments of the loss (`causal_batch`: inputs x, targets the next tokens;
+  `diffusion_batch`: inputs x with tokens masked, targets the masked tokens);
+* `tokenizer`: what the objective needs of the run's tokenizer (`with_mask_token` adds the
+  mask token of masked diffusion), applied before the model is built and saved with it;
+* `validation`: the periodic validation measure (a name in `sdce.evaluation.validation.MEASURES`)
+  and `validation_options`, its settings from the run's `guidance` (`validation_spec`).
 
 Adding an objective is one entry here, its name in the schema's `guidance.objective` enum,
 its documentation and its tests.
@@ -50,9 +54,25 @@ class Batch:
     extras: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the loss
 
 
-def causal_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None, spec: dict) -> Batch:
+def causal_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None, guidance: dict,
+                 tokenizer=None) -> Batch:  # fmt: skip
     """Next-token prediction: the window is the input, the shifted window the target."""
     return Batch({"input_ids": x}, y)
+
+
+def diffusion_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, guidance: dict,
+                    tokenizer) -> Batch:  # fmt: skip
+    """LLaDA pre-training: the window x (the last target token is not used), cropped to a
+    random length with probability `random_length`, each sequence masked with its own
+    p = (1 - eps) t + eps; the loss scores the masked tokens. Every draw comes from the
+    micro-batch's noise generator, so a resumed run masks what the uninterrupted one did."""
+    from sdce import diffusion
+
+    spec = guidance["diffusion"]
+    clean = diffusion.random_length(x, generator, spec["random_length"])
+    noisy, masked, p = diffusion.forward_process(clean, tokenizer.mask_token_id, generator, eps=spec["eps"])
+    targets = torch.where(masked, clean, torch.full_like(clean, losses.IGNORE))
+    return Batch({"input_ids": noisy}, targets, {"p": p})
 
 
 # ---------------------------------------------------------------------------- teachers
@@ -150,11 +170,19 @@ class Objective:
     aux: tuple[str, ...] = ()
     model_kind: str = "causal"
     batch: Callable[..., Batch] = causal_batch
+    tokenizer: Callable[[Any], Any] = lambda tokenizer: tokenizer
     validation: str = "next_token"
+    validation_options: Callable[[dict], dict] = _no_options
 
     @property
     def guided(self) -> bool:
         return self.teacher != "none"
+
+
+def _with_mask_token(tokenizer):
+    from sdce.data.tokenizer import with_mask_token
+
+    return with_mask_token(tokenizer)
 
 
 def _lm_signal(section: str, fixed_temperature: float | None = None):
@@ -190,6 +218,15 @@ OBJECTIVES: dict[str, Objective] = {
             options=lambda g: {"alpha": g["kl"]["alpha"], "temperature": g["kl"]["temperature"]},
             signal=_lm_signal("kl"),
         ),
+        Objective(
+            "masked_diffusion",
+            losses.masked_diffusion_loss,
+            model_kind="bidirectional",
+            batch=diffusion_batch,
+            tokenizer=_with_mask_token,
+            validation="elbo",
+            validation_options=lambda g: {"n_draws": g["diffusion"]["elbo_draws"]},
+        ),
     )
 }
 
@@ -211,6 +248,13 @@ def artifact(guidance: dict, part: str) -> str | None:
     """The teacher artifact a run's objective reads, relative to the results folder (None:
     no artifact). The rules ask this; they never name an objective."""
     return TEACHER_KINDS[of(guidance).teacher].artifact(guidance, part)
+
+
+def validation_spec(guidance: dict) -> dict:
+    """The validation measure of a run (`name`, a key of `validation.MEASURES`) and its
+    options: what the training loop and the evaluation job both score the run with."""
+    objective = of(guidance)
+    return {"name": objective.validation, **objective.validation_options(guidance)}
 
 
 def lm_teacher(guidance: dict) -> str | None:

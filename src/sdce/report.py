@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from sdce import stats
+from sdce.evaluation.validation import BOUNDS
 from sdce.io import atomic_dir, read_json
 from sdce.plan import MAIN_PART
 
@@ -57,6 +58,8 @@ def load_runs(summaries: list[str], eval_files: list[str]) -> tuple[pd.DataFrame
                 "seed": seed,
                 "objective": s["objective"],
                 "schedule": s.get("schedule", ""),
+                # the validation measure: next_token, or elbo (a bound: not the same quantity)
+                "measure": s.get("val_measure", "next_token"),
                 "steps": s["steps"],
                 "final_val_loss": e.get("val_loss", s["final_val_loss"]),
                 # the last point of the training-time validation curve (steps to baseline
@@ -136,6 +139,11 @@ def add_steps_to_baseline(curves: pd.DataFrame, finals: pd.DataFrame, baseline: 
     for _, row in finals.iterrows():
         # the baseline of the same replicate: same fold (same validation set) and seed
         base = baseline_rows(finals, row, baseline).set_index(["fold", "seed"])
+        if not comparable(row, base):  # an ELBO bound never "reaches" a next-token loss
+            reach.append(float("nan"))
+            saved.append(float("nan"))
+            flops_to.append(float("nan"))
+            continue
         key = (row.fold, row.seed)
         target = base.curve_final_val_loss.get(key, base.curve_final_val_loss.mean())
         c = evals[(evals.run == row.run) & (evals.fold == row.fold) & (evals.seed == row.seed)]
@@ -154,6 +162,12 @@ def add_steps_to_baseline(curves: pd.DataFrame, finals: pd.DataFrame, baseline: 
     return finals
 
 
+def comparable(row, base: pd.DataFrame) -> bool:
+    """Whether a run's validation loss measures what the baseline's does (a masked-diffusion
+    run's ELBO bounds the loss from above and is not compared as if it were one)."""
+    return base.empty or bool((base.measure == row.measure).all())
+
+
 def comparisons(finals: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Every run against the baseline of the same replicate (fold, seed, and the grid axes
     the baseline varies): steps saved (the baseline saves 0 by definition), and the
@@ -170,6 +184,8 @@ def comparisons(finals: pd.DataFrame, baseline: str) -> pd.DataFrame:
         # curve dipped below it earlier) minus the run's; an unreached pair is dropped
         pairs = [("steps_saved", mine.steps_to_baseline, base.steps_to_baseline)]
         pairs += [(m, base[m], mine[m]) for m in metrics if mine[m].notna().any()]
+        if not comparable(g.iloc[0], base):  # only the zero-shot scores measure the same thing
+            pairs = [p for p in pairs if p[0] not in ("steps_saved", "final_val_loss")]
         for metric, reference, value in pairs:
             pair = stats.compare(reference.to_dict(), value.to_dict())
             rows.append({"run": run, "metric": metric, **{k: v for k, v in pair.items() if k != "pairs"}})
@@ -193,8 +209,10 @@ def headline(finals: pd.DataFrame, table: pd.DataFrame, baseline: str) -> str:
             p = "-" if pd.isna(r.p_t) else f"{r.p_t:.2g} ({r.verdict})"
         else:
             steps, p = ("baseline" if (g.base == baseline).all() else "-"), "-"
+        if g.measure.iloc[0] in BOUNDS:
+            steps = "n/a (loss is a bound)"
         lines.append(
-            f"| {run} | {_mean_std(g.final_val_loss)} | {steps} | {p} | "
+            f"| {run} | {_loss(g)} | {steps} | {p} | "
             f"{_mean_std(g.flops_to_baseline, '{:.2f}')} | {_replicates(g)} |"
         )
     return "\n".join(lines) + "\n"
@@ -231,6 +249,12 @@ def comparisons_markdown(table: pd.DataFrame) -> str:
             f"{r.n} | {mde} | {r.verdict} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _loss(g: pd.DataFrame, column: str = "final_val_loss", fmt: str = "{:.4f}") -> str:
+    """A run's loss (or perplexity), written `≤ x` when its measure is an upper bound (ELBO)."""
+    text = _mean_std(g[column], fmt)
+    return f"≤ {text}" if g.measure.iloc[0] in BOUNDS else text
 
 
 def _mean_std(x: pd.Series, fmt: str = "{:.4f}") -> str:
@@ -438,7 +462,9 @@ def markdown(finals: pd.DataFrame, baseline: str, plots: list[str]) -> str:
         f"replicates ({_replicates(finals)}). FLOPs to baseline = the model FLOPs (`sdce.flops`: "
         "student training, teacher forward, a cache pass and the teacher's own training) a run has "
         "spent when it reaches that loss, over the baseline's FLOPs for its whole run; below 1 guidance "
-        "saves compute. For speed see docs/benchmarks.md: these jobs shared the machine.",
+        "saves compute. For speed see docs/benchmarks.md: these jobs shared the machine. A loss "
+        "written ≤ is a masked-diffusion run's negative ELBO, an upper bound on its next-token loss "
+        "(so its perplexity is a bound too); it is not compared with the baseline's curve.",
         "",
         "| run | objective | schedule | replicates | final val loss | perplexity | steps to baseline "
         "| steps saved "
@@ -449,7 +475,7 @@ def markdown(finals: pd.DataFrame, baseline: str, plots: list[str]) -> str:
         reached = int(g.steps_to_baseline.notna().sum())
         lines.append(
             f"| {run} | {g.objective.iloc[0]} | {g.schedule.iloc[0] or '-'} | {len(g)} | "
-            f"{_mean_std(g.final_val_loss)} | {_mean_std(g.perplexity, '{:.2f}')} | "
+            f"{_loss(g)} | {_loss(g, 'perplexity', '{:.2f}')} | "
             f"{_mean_std(g.steps_to_baseline, '{:.0f}')} | {_mean_std(g.steps_saved, '{:.0f}')} | "
             f"{reached}/{len(g)} | {_mean_std(g.flops_to_baseline, '{:.3f}')} |"
         )
@@ -520,10 +546,14 @@ def _band_plot(
     fig, ax = plt.subplots(figsize=(7, 4.2))
     max_step = data.step.max() if not data.empty else 0
     lo = max_step * (1 - tail) if tail else 0
+    bounds = set(curves.attrs.get("bounds", ()))
     for run, g in data.groupby("run", sort=True):
         stats = g[g.step >= lo].groupby("step")[column].agg(["mean", "std"]).fillna(0.0)
         style = {"color": "black", "linewidth": 2.0} if run == baseline else {"linewidth": 1.3}
-        ax.plot(stats.index, stats["mean"], label=run, **style)
+        if run in bounds and kind == "eval":
+            style["linestyle"] = "--"
+        label = f"{run} (ELBO, a bound)" if run in bounds and kind == "eval" else run
+        ax.plot(stats.index, stats["mean"], label=label, **style)
         ax.fill_between(
             stats.index,
             stats["mean"] - stats["std"],
@@ -556,6 +586,7 @@ def build_report(
     axes = finals.attrs["axes"]
     finals = add_steps_to_baseline(curves, finals, baseline)
     finals.attrs["axes"] = axes
+    curves.attrs["bounds"] = sorted(finals[finals.measure.isin(BOUNDS)].run.unique())
     plots = [
         ("val_loss.png", "eval", "val_loss", "Validation loss (mean ± std across seeds)", None),
         ("val_loss_tail.png", "eval", "val_loss", "Validation loss, tail", tail_fraction),

@@ -74,12 +74,12 @@ class Trainer:
         torch.set_num_threads(job.placement.threads)
         hf_logging.disable_progress_bar()
         self.bk = bk = backends.create(self.spec, job.placement.backend)
-        self.tokenizer = load_tokenizer(job.inputs.tokenizer)
+        self.objective = objectives.of(self.guidance)
+        self.tokenizer = self.objective.tokenizer(load_tokenizer(job.inputs.tokenizer))
         self.train_data, train_meta = load_shard(job.inputs.train_shard)
         self.val_data, _ = load_shard(job.inputs.val_shard)
         self.block = self.spec["block_size"]
         self.micro, self.accum = micro_batch(self.spec, bk.world)
-        self.objective = objectives.of(self.guidance)
         # the teacher is loaded and checked on the host, then moved to the device
         self.teacher = objectives.load_teacher(
             self.guidance, job.inputs.teacher, self.tokenizer, bk.device, train_shard=job.inputs.train_shard
@@ -159,7 +159,8 @@ class Trainer:
             window = mine[m * self.micro : (m + 1) * self.micro]
             x, y = (t.to(bk.device) for t in batches.windows(self.train_data, window, block))
             with bk.no_sync(self.model) if m < self.accum - 1 else nullcontext(), bk.autocast():
-                batch = self.objective.batch(x, y, noise_generator(job.seed, step, m), self.guidance)
+                noise = noise_generator(job.seed, step, m)
+                batch = self.objective.batch(x, y, noise, self.guidance, self.tokenizer)
                 outputs = self.model(**batch.inputs)
                 signal = self.teacher.signal(x, offsets=window) if use_teacher else None
                 out = objectives.compute(
@@ -192,9 +193,10 @@ class Trainer:
         window.reset()
 
     def validate(self, step: int) -> float:
-        measure = validation.MEASURES[self.objective.validation]
+        spec = objectives.validation_spec(self.guidance)
+        measure = validation.MEASURES[spec.pop("name")]
         loss, n = measure(
-            self.model, self.val_data, self.block, self.spec["eval_tokens"], self.micro, self.bk
+            self.model, self.val_data, self.block, self.spec["eval_tokens"], self.micro, self.bk, **spec
         )
         values = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": n}
         values["flops"] = self.compute(step)
@@ -218,6 +220,7 @@ class Trainer:
             "seed": job.seed,
             "fold": job.fold,
             "objective": self.objective.name,
+            "val_measure": self.objective.validation,  # elbo: val_loss bounds the loss from above
             "config_hash": self.config_hash,
             "versions": ckpt.versions(),
             "data": {

@@ -45,6 +45,13 @@ def run_block_size(wildcards):
     return RUNS[wildcards.run]["training"]["block_size"]
 
 
+def run_measure(wildcards):
+    """The validation measure of a run's objective, as `sdce evaluate --measure` takes it."""
+    return json.dumps(
+        sdce_objectives.validation_spec(RUNS[wildcards.run]["guidance"]), sort_keys=True
+    )
+
+
 def run_part(wildcards):
     """The data partition of a run's job in its fold."""
     return sdce_plan.data_part(config, wildcards.run, wildcards.fold)

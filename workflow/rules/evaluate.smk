@@ -30,10 +30,12 @@ rule evaluate:
     params:
         spec=section_json("evaluation"),
         block_size=run_block_size,
+        measure=run_measure,
         pairs=pair_arg,
     shell:
         "sdce evaluate --params {params.spec:q} --model {input.model} --val-shard {input.validation}"
-        " --block-size {params.block_size} --name {wildcards.run} --fold {wildcards.fold} --seed {wildcards.seed}"
+        " --block-size {params.block_size} --measure {params.measure:q} --name {wildcards.run}"
+        " --fold {wildcards.fold} --seed {wildcards.seed}"
         " {params.pairs} --threads {threads} --out {output.result} > {log} 2>&1"
 
 
@@ -56,8 +58,10 @@ rule evaluate_milestones:
     params:
         spec=section_json("evaluation"),
         block_size=run_block_size,
+        measure=run_measure,
         pairs=pair_arg,
     shell:
         "sdce evaluate --milestones --params {params.spec:q} --model $(dirname {input.summary})"
-        " --val-shard {input.validation} --block-size {params.block_size} --name {wildcards.run}"
+        " --val-shard {input.validation} --block-size {params.block_size} --measure {params.measure:q}"
+        " --name {wildcards.run}"
         " --fold {wildcards.fold} --seed {wildcards.seed} {params.pairs} --threads {threads} --out {output.result} > {log} 2>&1"

@@ -10,6 +10,7 @@ from pathlib import Path
 from sdce.io import atomic_dir
 
 EOS = "<|endoftext|>"
+MASK = "<|mask|>"  # the [MASK] of masked diffusion, added to a run's copy of the tokenizer
 
 
 class TokenizerError(ValueError):
@@ -67,3 +68,28 @@ def load(path: str | Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def with_mask_token(tokenizer):
+    """The tokenizer with a mask token (its own, else MASK appended as a special token, id
+    len(tokenizer) - 1). The study's shared tokenizer and shards are unchanged: the mask id
+    is past every id in the data, and a masked-diffusion run saves its copy with the model.
+
+    A tokenizer without a pad token gets its eos token as pad (no new id): the official BabyLM
+    pipeline's `mlm` backend pads the masked copies with the pad id (else the cls id, which
+    these tokenizers lack too), so a saved masked model is scored by that code as it is."""
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.mask_token_id is not None:
+        return tokenizer
+    if MASK in tokenizer.get_vocab():
+        raise TokenizerError(
+            f"tokenizer cannot take a mask token: '{MASK}' is already an ordinary token of its vocabulary"
+        )
+    try:
+        tokenizer.add_special_tokens({"mask_token": MASK})
+    except (AttributeError, TypeError, ValueError) as e:
+        raise TokenizerError(f"tokenizer cannot take a mask token: {e}") from None
+    if tokenizer.mask_token_id is None or tokenizer.convert_ids_to_tokens(tokenizer.mask_token_id) != MASK:
+        raise TokenizerError(f"tokenizer cannot take a mask token: '{MASK}' did not become a special token")
+    return tokenizer

@@ -162,10 +162,22 @@ def pair_credit(good: float, bad: float) -> float:
     return 0.5
 
 
+def sentence_scorer(model):
+    """How a model scores a sentence: its log-probability (a causal LM, `sequence_logprobs`)
+    or its pseudo-log-likelihood (a masked LM, as the official BabyLM `mlm` backend)."""
+    from sdce.model import kind_of
+
+    if kind_of(model) == "bidirectional":
+        from sdce.evaluation.pll import pseudo_loglikelihoods
+
+        return pseudo_loglikelihoods
+    return sequence_logprobs
+
+
 def score_minimal_pairs(model, tokenizer, records: Sequence[dict], *, batch_size: int = 32) -> list[dict]:
     """Per-pair log-probabilities and credit, good and bad sentences scored in one batched pass."""
     texts = [r["sentence_good"] for r in records] + [r["sentence_bad"] for r in records]
-    logps = sequence_logprobs(model, tokenizer, texts, batch_size=batch_size)
+    logps = sentence_scorer(model)(model, tokenizer, texts, batch_size=batch_size)
     n = len(records)
     scored = []
     for rec, good, bad in zip(records, logps[:n], logps[n:], strict=True):

@@ -1,4 +1,7 @@
-"""Validation loss and perplexity of a saved model over the validation shard."""
+"""Validation loss and perplexity of a saved model over the validation shard, with the
+measure of its objective (`objectives.validation_spec`): the next-token loss of a causal
+model, the negative ELBO of a masked-diffusion model (then `perplexity` is a bound and
+`perplexity_is_bound` says so)."""
 
 from __future__ import annotations
 
@@ -7,20 +10,29 @@ import math
 import torch
 
 from sdce.data.shards import load_shard
-from sdce.evaluation.validation import evaluate_loss
+from sdce.evaluation.validation import BOUNDS, MEASURES
 
 
 def evaluate_perplexity(
-    model_dir: str, val_shard: str, block_size: int, max_tokens: int | None, batch_size: int
+    model_dir: str,
+    val_shard: str,
+    block_size: int,
+    max_tokens: int | None,
+    batch_size: int,
+    measure: dict | None = None,
 ) -> dict:
-    from transformers import AutoModelForCausalLM
+    from sdce.model import load_model
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    options = dict(measure or {"name": "next_token"})
+    name = options.pop("name")
+    model = load_model(model_dir, dtype=torch.float32)
     data, meta = load_shard(val_shard)
-    loss, n = evaluate_loss(model, data, block_size, max_tokens, batch_size)
+    loss, n = MEASURES[name](model, data, block_size, max_tokens, batch_size, **options)
     return {
         "val_loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
+        "perplexity_is_bound": name in BOUNDS,
+        "measure": name,
         "tokens": n,
         "bits_per_word": loss * n / math.log(2) / max(1, round(n * meta["words"] / meta["tokens"])),
     }

@@ -14,21 +14,27 @@ from sdce.io import read_json
 
 
 def evaluate_model(
-    model_dir: str | Path, val_shard: str, block_size: int, spec: dict, pair_folders: dict[str, str]
+    model_dir: str | Path,
+    val_shard: str,
+    block_size: int,
+    spec: dict,
+    pair_folders: dict[str, str],
+    measure: dict | None = None,
 ) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from sdce.evaluation.minimal_pairs import evaluate_minimal_pairs
+    from sdce.model import load_model, saved_kind
 
     result = evaluate_perplexity(
-        str(model_dir), val_shard, block_size, spec["eval_tokens"], spec["batch_size"]
+        str(model_dir), val_shard, block_size, spec["eval_tokens"], spec["batch_size"], measure
     )
     folders = dict(pair_folders)
     if spec.get("blimp_path"):
         folders["blimp"] = spec["blimp_path"]
     if not folders and not spec.get("babylm_suite_path"):
         return result
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    model = load_model(model_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     pairs = {}
     for name, folder in sorted(folders.items()):
@@ -42,7 +48,9 @@ def evaluate_model(
         result[f"{name}_accuracy"] = r["macro_accuracy"]
         result[f"{name}_tie_rate"] = r["tie_rate"]
     result["minimal_pairs"] = pairs
-    if spec.get("babylm_suite_path"):
+    if spec.get("babylm_suite_path") and saved_kind(model_dir) == "causal":
+        # the suite's continuation tasks score causal models only; a masked model gets its
+        # minimal pairs (pseudo-log-likelihood) above
         from sdce.evaluation.babylm_suite import run_suite
 
         suite = run_suite(
@@ -59,7 +67,12 @@ def evaluate_model(
 
 
 def evaluate_milestones(
-    run_dir: str | Path, val_shard: str, block_size: int, spec: dict, pair_folders: dict[str, str]
+    run_dir: str | Path,
+    val_shard: str,
+    block_size: int,
+    spec: dict,
+    pair_folders: dict[str, str],
+    measure: dict | None = None,
 ) -> list[dict]:
     """One evaluation per milestone checkpoint of a run, in order of words seen."""
     root = Path(run_dir) / "milestones"
@@ -74,7 +87,7 @@ def evaluate_milestones(
     out = []
     for folder in found:
         state = read_json(folder / ckpt.STATE)
-        r = evaluate_model(folder, val_shard, block_size, spec, pair_folders)
+        r = evaluate_model(folder, val_shard, block_size, spec, pair_folders, measure)
         r.pop("minimal_pairs", None)
         r.pop("babylm", None)
         out.append(

@@ -48,7 +48,54 @@ def evaluate_loss(model, data, block_size: int, max_tokens: int | None, batch_si
     return loss, int(total[1].item())
 
 
-# objective.validation -> measure(model, data, block_size, max_tokens, batch_size, backend=None)
-# returning (loss, scored tokens): what the loop's periodic validation and the evaluation job
-# report as val_loss for the runs of that objective
-MEASURES = {"next_token": evaluate_loss}
+ELBO_SEED = 0  # the draws of every window are a function of (ELBO_SEED, window offset)
+
+
+@torch.no_grad()
+def evaluate_elbo(
+    model, data, block_size: int, max_tokens: int | None, batch_size: int, backend=None, *, n_draws: int = 8
+):
+    """The masked-diffusion negative ELBO in nats per token over the validation windows
+    (`sdce.diffusion.elbo`, LLaDA's exact-count estimator): an upper bound on the
+    next-token loss a causal model would report, so exp() bounds the perplexity. The same
+    windows as `evaluate_loss`, each with `n_draws` draws of (t, mask) seeded by its offset
+    in the shard: every step, checkpoint, run, batch size and process count scores the
+    same noisy inputs. The mask id is the model's (`config.mask_token_id`)."""
+    from sdce.diffusion import elbo
+
+    mask_id = getattr(model.config, "mask_token_id", None)
+    if mask_id is None:
+        raise ValueError("the elbo measure needs a model whose config has mask_token_id (masked diffusion)")
+    offsets = batches.validation_blocks(len(data), block_size, max_tokens)
+    rank, world = (backend.rank, backend.world) if backend else (0, 1)
+    device = backend.device if backend else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+
+    def logits(ids):
+        with backend.autocast() if backend else nullcontext():
+            out = model(input_ids=ids).logits.float()
+        if backend:
+            backend.mark_step()
+        return out
+
+    mine = offsets[rank::world]
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for i in range(0, len(mine), batch_size):
+        chunk = mine[i : i + batch_size]
+        x, _ = batches.windows(data, chunk, block_size)
+        nats = elbo(logits, x.to(device), mask_id, n_draws=n_draws, seed=ELBO_SEED, row_seeds=chunk.tolist())
+        total += torch.tensor([nats * x.numel(), x.numel()], dtype=torch.float64, device=device)
+    if backend and world > 1:
+        total = backend.reduce(total, "sum")
+    model.train(was_training)
+    return (total[0] / total[1]).item(), int(total[1].item())
+
+
+# objective.validation -> measure(model, data, block_size, max_tokens, batch_size, backend=None,
+# **objective.validation_options) returning (loss, scored tokens): what the loop's periodic
+# validation and the evaluation job report as val_loss for the runs of that objective
+MEASURES = {"next_token": evaluate_loss, "elbo": evaluate_elbo}
+
+# measures whose value bounds the next-token loss from above rather than equalling it
+BOUNDS = {"elbo"}
