@@ -252,6 +252,7 @@ def test_gpu_profile_through_the_kubernetes_executor(clone, gcs_emulator, gcs, t
         "train": 2,
         "evaluate": 2,
         "evaluate_milestones": 2,
+        "generate": 2,
         "report": 1,
     }
     names = bucket_names(gcs, "sdce/")

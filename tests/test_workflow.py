@@ -102,6 +102,7 @@ def test_changing_one_run_reruns_only_that_run(finished_study, tmp_path):
         "train": 2,
         "evaluate": 2,
         "evaluate_milestones": 2,
+        "generate": 1,  # the report's samples: first seed only
         "report": 1,
         "all": 1,
     }
@@ -129,6 +130,7 @@ def test_changing_the_tokenizer_reruns_everything_downstream(finished_study, tmp
         "train": 4,
         "evaluate": 4,
         "evaluate_milestones": 4,
+        "generate": 2,
         "report": 1,
         "all": 1,
     }
@@ -200,6 +202,7 @@ def test_k_folds_and_subset_sizes_are_data_partitions(tmp_path):
         "bigram": 6,
         "train": 12,
         "evaluate": 12,
+        "generate": 4,  # one sample file per run: first fold, first seed
         "report": 1,
         "all": 1,
     }
@@ -321,6 +324,9 @@ def test_a_masked_diffusion_run_beside_the_autoregressive_baseline(tmp_path):
     headline = (report / "headline.md").read_text()
     line = next(x for x in headline.splitlines() if x.startswith("| diffusion"))
     assert "≤" in line and "n/a (loss is a bound)" in line
+    samples = (report / "samples.md").read_text()  # sample generations of both kinds of model
+    assert "**baseline** (main, seed1)" in samples and "**diffusion** (main, seed1)" in samples
+    assert samples.count("* **The old cats that**") == 2
     (model,) = (tmp_path / "results" / "tiny_mdm" / "runs" / "diffusion").glob("*/seed1/model")
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from sdce import config as cfg
 from sdce import predecessor
@@ -207,6 +208,38 @@ def cmd_minimal_pairs(args) -> None:
     print(f"minimal pairs: {sum(map(len, pairs.values()))} pairs in {len(pairs)} paradigms -> {args.out}")
 
 
+def cmd_generate(args) -> None:
+    """Sample from a trained model: the schema's `generation` section, --params over its
+    defaults, the flags over both."""
+    from sdce.generation import generate
+    from sdce.io import write_text
+    from sdce.model import load_model
+
+    spec = _params(args, "properties/generation", "generation")
+    flags = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+             "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}  # fmt: skip
+    diffusion = {"steps": args.steps, "block_length": args.block_length, "remasking": args.remasking}
+    spec.update({k: v for k, v in flags.items() if v is not None})
+    spec["diffusion"].update({k: v for k, v in diffusion.items() if v is not None})
+    if args.prompt is not None:
+        spec["prompts"] = args.prompt
+    spec = cfg.validate(spec, "properties/generation", where="generation")
+    if not Path(args.model).is_dir():
+        raise FileNotFoundError(f"--model is not a saved model folder: {args.model}")
+    torch_threads(args.threads)
+    from transformers import AutoTokenizer
+
+    model = load_model(args.model)
+    records = generate(model, AutoTokenizer.from_pretrained(args.model), spec["prompts"], spec)
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if args.out:
+        write_text(args.out, text)
+    for r in records:
+        print(
+            f"{r['prompt']}{r['completion']}" if not args.out else f"{r['prompt']!r} -> {r['completion']!r}"
+        )
+
+
 def cmd_report(args) -> None:
     from sdce.report import build_report
 
@@ -220,6 +253,7 @@ def cmd_report(args) -> None:
         milestone_files=args.milestones,
         grid=json.loads(args.grid) if args.grid else None,
         benchmarks=args.benchmarks,
+        sample_files=args.samples,
     )
     print(finals.to_string(index=False))
 
@@ -299,6 +333,27 @@ def _user_commands(sub) -> None:
     )
     sp.set_defaults(fn=cmd_check_config)
     sp.add_argument("config")
+
+    sp = sub.add_parser(
+        "generate",
+        help="sample text from a trained model (causal or masked diffusion)",
+        description="Continue each --prompt with a saved model: transformers' generate for a causal "
+        "model, LLaDA's sampler for a masked-diffusion model. The same seed gives the same text.",
+    )
+    sp.set_defaults(fn=cmd_generate)
+    sp.add_argument("--model", required=True, help="a saved model folder (its tokenizer beside it)")
+    sp.add_argument("--prompt", action="append", help="a prompt (repeatable; default: the config's prompts)")
+    sp.add_argument("--max-new-tokens", type=int)
+    sp.add_argument("--temperature", type=float, help="0 = greedy")
+    sp.add_argument("--top-k", type=int, help="0 = all tokens (causal models)")
+    sp.add_argument("--top-p", type=float, help="nucleus mass (causal models)")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--steps", type=int, help="denoising steps (masked diffusion)")
+    sp.add_argument("--block-length", type=int, help="semi-autoregressive block (masked diffusion)")
+    sp.add_argument("--remasking", choices=["low_confidence", "random"], help="(masked diffusion)")
+    sp.add_argument("--params", help="JSON of the generation section (schema defaults fill the rest)")
+    sp.add_argument("--threads", type=int, default=1)
+    sp.add_argument("--out", help="write the samples as jsonl here")
 
     sp = sub.add_parser("config-docs", help="print the configuration reference (config/README.md)")
     sp.set_defaults(fn=cmd_config_docs)
@@ -431,6 +486,9 @@ def _evaluation_stages(sub, add) -> None:
     sp.add_argument("--baseline", required=True)
     sp.add_argument("--grid", help="JSON {run: {base, axes}} of the study's grid expansion")
     sp.add_argument("--benchmarks", help="folder of Snakemake's benchmark files (<rule>/<job>.tsv)")
+    sp.add_argument(
+        "--samples", nargs="*", default=[], help="sdce generate outputs (<run>/<fold>/seedN.samples.jsonl)"
+    )
     sp.add_argument("--out", required=True)
 
 

@@ -580,6 +580,7 @@ def build_report(
     milestone_files: list[str] | None = None,
     grid: dict | None = None,
     benchmarks: str | None = None,
+    sample_files: list[str] | None = None,
 ) -> pd.DataFrame:
     curves, finals = load_runs(summaries, eval_files)
     finals = attach_grid(finals, grid)
@@ -614,9 +615,32 @@ def build_report(
             + fold_tables(finals)
             + babylm_leaderboard(finals, tmp)
             + job_times(benchmarks, tmp)
+            + samples_markdown(sample_files or [], tmp)
         )
         (tmp / "summary.md").write_text(text)
     return finals
+
+
+def samples_markdown(files: list[str], out: Path) -> str:
+    """Sample generations per run (`sdce generate` at the final checkpoint, fixed prompts and
+    seed), as a section of summary.md and as samples.md."""
+    if not files:
+        return ""
+    intro = "Final checkpoints, the config's fixed prompts and seed (`generation`); the prompt in bold."
+    lines = ["", "## Sample generations", "", intro, ""]
+    for f in sorted(files):
+        path = Path(f)
+        run, fold, seed = path.parts[-3], path.parts[-2], path.name.split(".")[0]
+        lines.append(f"**{run}** ({fold}, {seed}):")
+        lines.append("")
+        for line in path.read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            completion = " ".join(r["completion"].split())  # one line per sample
+            lines.append(f"* **{r['prompt'] or '(document start)'}** {completion}")
+        lines.append("")
+    text = "\n".join(lines) + "\n"
+    (out / "samples.md").write_text(text.lstrip("\n"), encoding="utf-8")
+    return text
 
 
 BEGIN, END = "<!-- headline: written by `make readme-table` from the report -->", "<!-- /headline -->"

@@ -173,6 +173,11 @@ def all_runs(pattern):
     return expand(pattern, run=list(RUNS), fold=FOLDS, seed=SEEDS)
 
 
+def sample_runs(pattern):
+    """The report's sample generations: every run's final model, first fold and seed."""
+    return expand(pattern, run=list(RUNS), fold=FOLDS[:1], seed=SEEDS[:1])
+
+
 SYNTHETIC_PAIRS = (
     config["corpus"]["source"] == "synthetic"
     and config["evaluation"]["synthetic_pairs"] > 0

@@ -65,3 +65,22 @@ rule evaluate_milestones:
         " --val-shard {input.validation} --block-size {params.block_size} --measure {params.measure:q}"
         " --name {wildcards.run}"
         " --fold {wildcards.fold} --seed {wildcards.seed} {params.pairs} --threads {threads} --out {output.result} > {log} 2>&1"
+
+
+rule generate:
+    input:
+        model=f"{RESULTS}/runs/{{run}}/{{fold}}/seed{{seed}}/model",
+    output:
+        samples=f"{RESULTS}/eval/{{run}}/{{fold}}/seed{{seed}}.samples.jsonl",
+    log:
+        f"{LOGS}/generate/{{run}}_{{fold}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/generate/{{run}}_{{fold}}_seed{{seed}}.tsv"
+    container:
+        image("cpu")
+    threads: 1
+    params:
+        spec=section_json("generation"),
+    shell:
+        "sdce generate --params {params.spec:q} --model {input.model} --threads {threads}"
+        " --out {output.samples} > {log} 2>&1"

@@ -4,6 +4,9 @@ rule report:
         metrics=all_runs(f"{RESULTS}/runs/{{run}}/{{fold}}/seed{{seed}}/metrics.jsonl"),
         evals=all_runs(f"{RESULTS}/eval/{{run}}/{{fold}}/seed{{seed}}.json"),
         milestones=milestone_evals(),
+        samples=sample_runs(
+            f"{RESULTS}/eval/{{run}}/{{fold}}/seed{{seed}}.samples.jsonl"
+        ),
     output:
         # `snakemake --report report.html` shows the plots and tables with these captions
         report=report(
@@ -27,5 +30,5 @@ rule report:
     shell:
         "sdce report --params {params.spec:q} --summaries {input.summaries} --evals {input.evals}"
         " --milestones {input.milestones} --baseline {params.baseline} --grid {params.grid:q}"
-        " --benchmarks {params.benchmarks}"
+        " --benchmarks {params.benchmarks} --samples {input.samples}"
         " --out {output.report} > {log} 2>&1"
