@@ -1,38 +1,69 @@
-"""Pipeline throughput, measured side by side in one run.
+"""Pipeline throughput at BabyLM 100M scale, measured side by side in one run.
 
-1. encoding throughput (tokens/s) of the batch encoder on a ~10M-token corpus;
-2. bigram counting throughput (tokens/s) on the same shard;
-3. training step time of bigram-guided vs cross-entropy on the same student and
-   batch, interleaved step by step so that both see the same machine load;
-   the ratio of medians is the number to read (aim: <= 1.05).
+1. a 100M-word synthetic corpus generated and split (seeded 95/5), and the peak memory of
+   the whole run (this machine has 24 GiB);
+2. encoding throughput of the training split (sdce's shard writer) next to the tokenizer
+   library's own batch encoding of the same documents (`encode_batch_fast`, which encodes
+   a batch on every core): the ratio says whether the writer is limited by the library;
+3. bigram counting throughput on the whole training shard (aim: >= 20M tokens/s), at the
+   run's vocabulary and at GPT-2's (V = 50,257, the 32-bit sort path);
+4. training step time of bigram-guided vs cross-entropy on the same student and batch,
+   interleaved step by step so that both see the same machine load (aim: <= 1.05).
 
-Usage: python benchmarks/bench_pipeline.py [--tokens 10000000] [--steps 30]
+Usage: python benchmarks/bench_pipeline.py [--words 100000000] [--steps 30]
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sdce import config as cfg
 from sdce import objectives
 from sdce.data.batches import global_offsets, windows
 from sdce.data.shards import encode_documents, load_shard
+from sdce.data.split import split_documents
 from sdce.data.synthetic import generate_documents
 from sdce.data.tokenizer import train_bpe
 from sdce.model import build_model
 from sdce.teachers import bigram
 
+WORDS_PER_DOCUMENT = 70  # the synthetic generator's mean, measured: 2,816,634 words / 40,000 documents
+
+
+def _rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+
+
+def _library_encode(tok, docs: list[dict], batch_docs: int = 4096) -> int:
+    backend, n = tok.backend_tokenizer, 0
+    for start in range(0, len(docs), batch_docs):
+        texts = [d["text"] for d in docs[start : start + batch_docs]]
+        n += sum(len(e.ids) + 1 for e in backend.encode_batch_fast(texts, add_special_tokens=False))
+    return n
+
+
+def _count(tokens: np.ndarray, vocab: int, label: str) -> None:
+    t0 = time.perf_counter()
+    counts = bigram.count_bigrams(tokens, vocab)
+    dt = time.perf_counter() - t0
+    print(
+        f"bigram count ({label}, V={vocab:,}): {len(tokens):,} tokens in {dt:.2f}s = "
+        f"{len(tokens) / dt / 1e6:,.1f}M tokens/s ({counts.nnz:,} distinct bigrams)"
+    )
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=10_000_000)
+    ap.add_argument("--words", type=int, default=100_000_000)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -44,27 +75,49 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
-    docs = [{"text": t, "source": "synthetic"} for t in generate_documents(max(1, args.tokens // 75), seed=0)]
-    print(f"generated {len(docs)} documents in {time.perf_counter() - t0:.1f}s")
-    tok = train_bpe((d["text"] for d in docs[:20000]), 2000, 2)
+    n_docs = max(20, args.words // WORDS_PER_DOCUMENT)
+    docs = [{"text": t, "source": "synthetic"} for t in generate_documents(n_docs, seed=0)]
+    words = sum(len(d["text"].split()) for d in docs)
+    print(f"generated {len(docs):,} documents, {words:,} words in {time.perf_counter() - t0:.1f}s")
+    t0 = time.perf_counter()
+    split = {"validation_fraction": 0.05, "shuffle": True, "seed": 42}
+    train, val = split_documents(docs, {**split, "train_subset": None, "validation_subset": None})
+    del docs
+    print(f"split 95/5: {len(train):,} / {len(val):,} documents in {time.perf_counter() - t0:.1f}s")
+    tok = train_bpe((d["text"] for d in train[:20000]), 2000, 2)
     tok.save_pretrained(str(tmp / "tok"))
 
+    sample = train[: max(10, len(train) // 20)]  # side by side on the same documents, both warm
+    _library_encode(tok, sample[:4096])
     t0 = time.perf_counter()
-    meta = encode_documents(tok, docs, tmp / "train.bin", tmp / "tok")
+    n_lib = _library_encode(tok, sample)
+    lib = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    encode_documents(tok, sample, tmp / "sample.bin", tmp / "tok")
+    ours = time.perf_counter() - t0
+    print(
+        f"encode ({len(sample):,} documents): library {n_lib / lib / 1e6:.2f}M tokens/s, "
+        f"shard writer {n_lib / ours / 1e6:.2f}M tokens/s, writer/library = {lib / ours:.2f}"
+    )
+    t0 = time.perf_counter()
+    meta = encode_documents(tok, train, tmp / "train.bin", tmp / "tok")
     dt = time.perf_counter() - t0
-    print(f"encode: {meta['tokens']:,} tokens in {dt:.2f}s = {meta['tokens'] / dt:,.0f} tokens/s")
+    rate = meta["tokens"] / dt / 1e6
+    print(f"encode train split: {meta['tokens']:,} tokens in {dt:.1f}s = {rate:.2f}M tokens/s")
+    del train, val
 
     data, _ = load_shard(tmp / "train.bin")
-    t0 = time.perf_counter()
+    _count(data, len(tok), "the run's BPE")
+    rng = np.random.default_rng(0)  # GPT-2's vocabulary: the same shard's ids spread over 50,257 types
+    spread = ((data.astype(np.uint32) * 25 + rng.integers(0, 25, data.size, dtype=np.uint32)) % 50257).astype(
+        np.uint16
+    )
+    _count(spread, 50257, "ids spread")
+    del spread
     counts = bigram.count_bigrams(data, len(tok))
-    dt_count = time.perf_counter() - t0
     t0 = time.perf_counter()
     table = bigram.topk_table(counts, 128, 0.0)
-    dt_table = time.perf_counter() - t0
-    print(
-        f"bigram count: {len(data):,} tokens in {dt_count:.2f}s = {len(data) / dt_count:,.0f} tokens/s "
-        f"({counts.nnz:,} distinct bigrams); top-128 table in {dt_table:.2f}s"
-    )
+    print(f"top-128 table in {time.perf_counter() - t0:.2f}s; peak memory so far {_rss_gib():.1f} GiB")
 
     teacher = bigram.BigramTeacher(*(torch.from_numpy(table[k]) for k in ("ids", "probs", "rest")))
     model_spec = cfg.validate({"n_layer": 4, "n_embd": 256, "n_head": 4}, "model")
@@ -94,6 +147,7 @@ def main() -> None:
         f"train step (4x256 GPT-2, V={len(tok)}, batch 16x128): ce {ce * 1e3:.1f} ms, "
         f"bigram {bg * 1e3:.1f} ms, ratio bigram/ce = {bg / ce:.3f}"
     )
+    print(f"peak memory: {_rss_gib():.1f} GiB")
 
 
 if __name__ == "__main__":

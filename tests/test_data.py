@@ -153,14 +153,37 @@ def test_encode_is_atomic_on_failure(tmp_path, tiny_data):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bigram_counts_match_dense_count():
+@pytest.mark.parametrize("dense_cells", [1 << 27, 0])  # bincount, and the sorted 32-bit keys
+def test_bigram_counts_match_dense_count(monkeypatch, dense_cells):
+    from sdce.teachers import bigram
+
+    monkeypatch.setattr(bigram, "_DENSE_CELLS", dense_cells)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 50, size=5000).astype(np.uint16)
     counts = count_bigrams(tokens, 50)
-    assert isinstance(counts, sp.csr_matrix)
+    assert isinstance(counts, sp.csr_matrix) and counts.has_sorted_indices
     dense = np.zeros((50, 50), dtype=np.int64)
     np.add.at(dense, (tokens[:-1].astype(int), tokens[1:].astype(int)), 1)
     np.testing.assert_array_equal(counts.toarray(), dense)
+    assert counts.nnz == np.count_nonzero(dense)
+    assert count_bigrams(tokens[:1], 50).nnz == 0
+
+
+def test_shard_is_each_document_encoded_then_eos(tmp_path, tiny_data):
+    """The vectorised shard writer equals encoding each document on its own, eos after each."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_data / "tokenizer"))
+    docs = [{"text": t, "source": s} for t, s in [("the cat sat .", "a"), ("", "b"), ("a dog ran !", "a")]]
+    meta = encode_documents(tok, docs * 3, tmp_path / "x.bin", tiny_data / "tokenizer", batch_docs=4)
+    expected = [
+        i
+        for d in docs * 3
+        for i in [*tok(d["text"], add_special_tokens=False)["input_ids"], tok.eos_token_id]
+    ]
+    data, _ = load_shard(tmp_path / "x.bin")
+    assert data.tolist() == expected and meta["tokens"] == len(expected)
+    assert meta["sources"]["b"] == {"documents": 3, "words": 0, "tokens": 3}
 
 
 def test_cli_errors_are_one_line(tmp_path, run_sdce):
