@@ -106,3 +106,32 @@ def test_python_has_no_defaults_of_its_own():
     training = cfg.validate({}, "training")
     schema_defaults = {k: v["default"] for k, v in cfg.schema()["$defs"]["training"]["properties"].items()}
     assert training == schema_defaults
+
+
+def test_schema_keywords_are_well_formed():
+    """Every property is a schema made of JSON Schema keywords and every description a string:
+    an unquoted comma in a flow-style description turns its tail into a bogus key (seen once in
+    containers.cpu, which jsonschema silently ignores)."""
+    keywords = {
+        "type", "enum", "default", "description", "properties", "additionalProperties", "required",
+        "items", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "uniqueItems",
+        "pattern", "propertyNames", "oneOf", "anyOf", "$ref", "minProperties", "const", "title",
+    }  # fmt: skip
+    schema = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text()
+    )
+
+    def walk(node, where):
+        assert isinstance(node, dict), f"{where} is not a schema: {node!r}"
+        assert set(node) <= keywords, f"{where}: not JSON Schema keywords: {sorted(set(node) - keywords)}"
+        assert isinstance(node.get("description", ""), str), f"{where}: description is not a string"
+        for name, sub in (node.get("properties") or {}).items():
+            walk(sub, f"{where}.{name}")
+        for key in ("items", "additionalProperties"):
+            if isinstance(node.get(key), dict):
+                walk(node[key], f"{where}.{key}")
+        for i, sub in enumerate(node.get("oneOf", []) + node.get("anyOf", [])):
+            walk(sub, f"{where}[{i}]")
+
+    for name, sub in {**schema["$defs"], **schema["properties"]}.items():
+        walk(sub, name)

@@ -46,6 +46,15 @@ Tail policies (bigram) for the teacher mass `rest` not listed in the sparse sign
     uniform      spread `rest` evenly over the whole vocabulary (exact for add-k smoothing)
     renormalize  rescale the listed probabilities to sum to one (uniform if none listed)
     drop         ignore `rest`: the teacher term covers only the listed mass
+
+Memory: every loss takes `chunk_tokens` (the run's `training.loss_chunk_tokens`). The
+student's side of every term, log p(target), log p^T at the listed ids, the mean log p of
+the uniform tail, the dense KL and log Z, comes from `_ChunkedLogSoftmax`, which walks the
+tokens in chunks of at most `chunk_tokens` rows (on CPU in cache-sized blocks of fewer) and
+recomputes the softmaxes in backward, writing only the logits' gradient: beyond the logits
+and their gradient a step holds a few (chunk x V) fp32 buffers, never a (tokens x V) tensor.
+`chunk_tokens=None` is the plain autograd path, the reference the chunked one is tested
+against (tests/test_chunked_losses.py).
 """
 
 from __future__ import annotations
@@ -56,6 +65,13 @@ import torch.nn.functional as F
 from sdce.teachers.signal import GuidanceSignal
 
 IGNORE = -100
+TAIL_POLICIES = ("uniform", "renormalize", "drop")
+
+# The default of `training.loss_chunk_tokens` (the schema's; a test checks they agree). At
+# GPT-2's 50,257 ids a (512 x V) fp32 buffer is 103 MB, small beside a micro-batch's logits
+# and their gradient (8 x 512 tokens: 823 MB in fp32), and one kernel over a chunk (26M
+# elements) still fills an accelerator, so the Python loop over chunks is not what it waits on.
+CHUNK_TOKENS = 512
 
 
 def _upcast(logits: torch.Tensor) -> torch.Tensor:
@@ -67,60 +83,90 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp_min(1)
 
 
-def teacher_cross_entropy(logp: torch.Tensor, signal: GuidanceSignal, tail_policy: str) -> torch.Tensor:
-    """-sum_j q_j log p_j per position, q the teacher distribution under the tail policy. (B, T)"""
-    listed = signal.probs.to(logp.dtype)
-    term = -(listed * logp.gather(-1, signal.ids)).sum(-1)
-    rest = signal.rest.to(logp.dtype)
+def _check_tail_policy(tail_policy: str) -> None:
+    if tail_policy not in TAIL_POLICIES:
+        raise ValueError(f"unknown tail_policy '{tail_policy}' (known: {', '.join(TAIL_POLICIES)})")
+
+
+def _teacher_terms(listed_logp, mean_logp, signal: GuidanceSignal, tail_policy: str) -> torch.Tensor:
+    """-sum_j q_j log p_j per position (B, T) from the student's log p at the listed ids
+    (B, T, K) and its mean over the vocabulary (B, T; not read by `drop`)."""
+    _check_tail_policy(tail_policy)
+    listed = signal.probs.to(listed_logp.dtype)
+    term = -(listed * listed_logp).sum(-1)
     if tail_policy == "uniform":
-        return term + rest * (-logp.mean(-1))
+        return term + signal.rest.to(listed_logp.dtype) * (-mean_logp)
     if tail_policy == "renormalize":
         mass = listed.sum(-1)
-        return torch.where(mass > 0, term / mass.clamp_min(1e-12), -logp.mean(-1))
-    if tail_policy == "drop":
-        return term
-    raise ValueError(f"unknown tail_policy '{tail_policy}' (known: uniform, renormalize, drop)")
+        return torch.where(mass > 0, term / mass.clamp_min(1e-12), -mean_logp)
+    return term
 
 
-def ce_loss(logits, targets, signal=None, weight=0.0, *, tail_policy="uniform", **opts) -> dict:
-    flat = logits.reshape(-1, logits.size(-1)).float()
-    ce = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE)
+def teacher_cross_entropy(logp: torch.Tensor, signal: GuidanceSignal, tail_policy: str) -> torch.Tensor:
+    """-sum_j q_j log p_j per position, q the teacher distribution under the tail policy. (B, T)"""
+    return _teacher_terms(logp.gather(-1, signal.ids), logp.mean(-1), signal, tail_policy)
+
+
+def ce_loss(logits, targets, signal=None, weight=0.0, *, tail_policy="uniform", chunk_tokens=CHUNK_TOKENS,
+            **opts) -> dict:  # fmt: skip
+    if _chunk_rows(logits, chunk_tokens) is None:
+        flat = logits.reshape(-1, logits.size(-1)).float()
+        ce = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE)
+    else:
+        ce_tok = -_student(logits, targets.clamp_min(0), chunk_tokens)["logp_y"]
+        ce = _masked_mean(ce_tok, (targets != IGNORE).to(ce_tok.dtype))
     return {"loss": ce, "ce": ce}
 
 
 def bigram_mix_loss(
-    logits, targets, signal: GuidanceSignal, weight: float, *, tail_policy="uniform", **opts
+    logits,
+    targets,
+    signal: GuidanceSignal,
+    weight: float,
+    *,
+    tail_policy="uniform",
+    chunk_tokens=CHUNK_TOKENS,
+    **opts,
 ) -> dict:
     """-sum_j (w * p_teacher(j) + (1 - w) * onehot_j(target)) log p_model(j), mean over tokens."""
-    logp = F.log_softmax(_upcast(logits), dim=-1)
-    mask = (targets != IGNORE).to(logp.dtype)
-    safe_targets = targets.clamp_min(0)
-    ce_tok = -logp.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
-    guide_tok = teacher_cross_entropy(logp, signal, tail_policy)
+    _check_tail_policy(tail_policy)
+    s = _student(logits, targets.clamp_min(0), chunk_tokens, ids=signal.ids, mean=tail_policy != "drop")
+    ce_tok = -s["logp_y"]
+    mask = (targets != IGNORE).to(ce_tok.dtype)
+    guide_tok = _teacher_terms(s["listed"], s.get("mean"), signal, tail_policy)
     ce = _masked_mean(ce_tok, mask)
     guidance = _masked_mean(guide_tok, mask)
     return {
         "loss": (1.0 - weight) * ce + weight * guidance,
         "ce": ce,
         "guidance": guidance,
-        "teacher_mass": _masked_mean(signal.listed_mass().to(logp.dtype), mask),
+        "teacher_mass": _masked_mean(signal.listed_mass().to(ce_tok.dtype), mask),
     }
 
 
 def label_smoothing_loss(
-    logits, targets, signal: GuidanceSignal, weight: float, *, tail_policy="uniform", **opts
+    logits,
+    targets,
+    signal: GuidanceSignal,
+    weight: float,
+    *,
+    tail_policy="uniform",
+    chunk_tokens=CHUNK_TOKENS,
+    **opts,
 ):
     """Bigram mixing with a uniform teacher (its signal lists nothing and has rest = 1):
     the data-independent control of the bigram objective. The tail is always uniform."""
-    out = bigram_mix_loss(logits, targets, signal, weight, tail_policy="uniform")
+    out = bigram_mix_loss(logits, targets, signal, weight, tail_policy="uniform", chunk_tokens=chunk_tokens)
     out.pop("teacher_mass")
     return out
 
 
-def _alignment_terms(signal: GuidanceSignal, mask: torch.Tensor, dtype) -> tuple[torch.Tensor, dict]:
-    """(aligned (B, T) float, the logged teacher_mass / aligned terms) of a signal."""
+def _alignment_terms(signal: GuidanceSignal, mask: torch.Tensor, dtype, listed_mass=None) -> tuple:
+    """(aligned (B, T) float, the logged teacher_mass / aligned terms) of a signal;
+    `listed_mass` (B, T) when the caller has it (a dense signal's, computed in chunks)."""
     aligned = mask if signal.valid is None else mask * signal.valid.to(dtype)
-    terms = {"teacher_mass": (signal.listed_mass().to(dtype) * aligned).sum() / aligned.sum().clamp_min(1)}
+    mass = signal.listed_mass() if listed_mass is None else listed_mass
+    terms = {"teacher_mass": (mass.to(dtype) * aligned).sum() / aligned.sum().clamp_min(1)}
     if signal.valid is not None:
         terms["aligned"] = aligned.sum() / mask.sum().clamp_min(1)
     return aligned, terms
@@ -134,27 +180,25 @@ def surrogate_loss(
     *,
     tail_policy="uniform",
     weighting="probability",
+    chunk_tokens=CHUNK_TOKENS,
     **opts,
 ) -> dict:
     """CE + w * mean_i sum_j a_ij (-log p(t_ij)) over the teacher's top-k (module docstring)."""
-    logp = F.log_softmax(_upcast(logits), dim=-1)
-    mask = (targets != IGNORE).to(logp.dtype)
-    safe_targets = targets.clamp_min(0)
-    ce_tok = -logp.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
-    aligned, terms = _alignment_terms(signal, mask, logp.dtype)
-    q = signal.probs.to(logp.dtype)
-    keep = (q > 0) & (signal.ids != safe_targets.unsqueeze(-1)) & (aligned.unsqueeze(-1) > 0)
-    if weighting == "probability":
-        score = q.clamp_min(1e-30).log()
-    elif weighting == "inverse_perplexity":
-        score = -1.0 / q.clamp_min(1e-30)
-    else:
+    if weighting not in ("probability", "inverse_perplexity"):
         raise ValueError(
             f"unknown surrogate weighting '{weighting}' (known: probability, inverse_perplexity)"
         )
+    safe_targets = targets.clamp_min(0)
+    s = _student(logits, safe_targets, chunk_tokens, ids=signal.ids)
+    ce_tok = -s["logp_y"]
+    mask = (targets != IGNORE).to(ce_tok.dtype)
+    aligned, terms = _alignment_terms(signal, mask, ce_tok.dtype)
+    q = signal.probs.to(ce_tok.dtype)
+    keep = (q > 0) & (signal.ids != safe_targets.unsqueeze(-1)) & (aligned.unsqueeze(-1) > 0)
+    score = q.clamp_min(1e-30).log() if weighting == "probability" else -1.0 / q.clamp_min(1e-30)
     score = score.masked_fill(~keep, float("-inf"))
     a = torch.softmax(score, dim=-1).nan_to_num(0.0)  # a row with no candidate is all zeros
-    guide_tok = -(a * logp.gather(-1, signal.ids)).sum(-1)
+    guide_tok = -(a * s["listed"]).sum(-1)
     ce = _masked_mean(ce_tok, mask)
     guidance = _masked_mean(guide_tok, mask)
     return {"loss": ce + weight * guidance, "ce": ce, "guidance": guidance, **terms}
@@ -197,102 +241,41 @@ def _student_log_probs_t(z: torch.Tensor, support, temperature: float, log_probs
     return F.log_softmax(torch.add(bias, z, alpha=1.0 / temperature), dim=-1)
 
 
-# Row blocks of about this many bytes per (rows, V) temporary for the fused top-k path on CPU:
-# they stay in cache and in the allocator's heap. A fresh (N, V) tensor per op (what autograd
-# gives) costs more in first-touch page faults than the softmax computed in it.
+# ---------------------------------------------------------------------------- the chunked path
+
+# Rows per CPU block: about this many bytes per (rows, V) buffer, so that a block stays in
+# cache; the buffers are allocated once per call and reused, because a fresh (rows, V) tensor
+# per op costs more in first-touch page faults than the softmax computed in it.
 _BLOCK_BYTES = 1 << 20
 
 
-class _GatheredLogSoftmax(torch.autograd.Function):
-    """(log_softmax(z)[targets], log_softmax(z / T + bias)[ids]) for logits z (N, V), targets
-    (N,) or None, ids (N, K), bias from `_support_bias` or None: the student's side of CE plus
-    top-k KL, with no (N, V) intermediate. Forward and backward run over row blocks; backward
-    recomputes the softmaxes (cheaper than keeping them) and writes only the gradient:
-
-        dz = g_y (onehot_y - softmax(z)) + (1/T) (scatter_ids(g) - softmax(z / T + bias) sum_k g_k)
-
-    (log_softmax's backward at each temperature, through the gathers). Computed in fp32 at
-    least; the gradient has z's dtype. At T = 1 with no support both terms share one softmax."""
-
-    @staticmethod
-    def forward(ctx, z, targets, ids, bias, temperature):
-        n, v = z.shape
-        dtype = _compute_dtype(z)
-        rows = _block_rows(n, v, dtype)
-        shared = bias is None and temperature == 1.0
-        ce = z.new_empty(n if targets is not None else 0, dtype=dtype)
-        listed = z.new_empty(ids.shape, dtype=dtype)
-        buf = z.new_empty(rows, v, dtype=dtype)
-        scaled = z.new_empty(rows, v, dtype=dtype)
-        up = None if z.dtype == dtype else z.new_empty(rows, v, dtype=dtype)  # low-precision z, cast
-        for a in range(0, n, rows):
-            b = min(a + rows, n)
-            zc, lp, zt = z[a:b], buf[: b - a], scaled[: b - a]
-            if targets is not None or shared:
-                torch._log_softmax(zc if up is None else up[: b - a].copy_(zc), 1, False, out=lp)
-                if targets is not None:
-                    ce[a:b] = lp.gather(1, targets[a:b, None]).squeeze(1)
-            if not shared:
-                torch._log_softmax(_scale(zc, bias, temperature, zt), 1, False, out=lp)
-            listed[a:b] = lp.gather(1, ids[a:b])
-        ctx.save_for_backward(z, targets, ids, bias)
-        ctx.temperature = temperature
-        if targets is None:
-            ctx.mark_non_differentiable(ce)
-        return ce, listed
-
-    @staticmethod
-    def backward(ctx, g_ce, g_listed):
-        z, targets, ids, bias = ctx.saved_tensors
-        temperature = ctx.temperature
-        n, v = z.shape
-        dtype = _compute_dtype(z)
-        rows = _block_rows(n, v, dtype)
-        shared = bias is None and temperature == 1.0
-        if targets is None:
-            g_ce = None
-        if g_listed is not None:
-            g_listed = g_listed.to(dtype) * (1.0 / temperature)
-            g_sum = g_listed.sum(1, keepdim=True)
-        out = torch.empty_like(z)
-        direct = z.dtype == dtype  # else each block is computed in fp32, then cast
-        p = z.new_empty(rows, v, dtype=dtype)
-        scaled = z.new_empty(rows, v, dtype=dtype)
-        grad = None if direct else z.new_empty(rows, v, dtype=dtype)
-        for a in range(0, n, rows):
-            b = min(a + rows, n)
-            zc, pc, zt = z[a:b], p[: b - a], scaled[: b - a]
-            oc = out[a:b] if direct else grad[: b - a]
-            # the weight of softmax(z) per row: CE's, and the listed one's when T = 1 shares it
-            w = g_ce[a:b, None] if g_ce is not None else None
-            if shared and g_listed is not None:
-                w = g_sum[a:b] if w is None else w + g_sum[a:b]
-            written = w is not None
-            if written:
-                torch._softmax(zc if direct else zt.copy_(zc), 1, False, out=pc)
-                torch.mul(pc, -w, out=oc)
-            if g_listed is not None and not shared:
-                torch._softmax(_scale(zc, bias, temperature, zt), 1, False, out=pc)
-                if written:
-                    oc.addcmul_(pc, g_sum[a:b], value=-1.0)
-                else:
-                    torch.mul(pc, -g_sum[a:b], out=oc)
-                written = True
-            if not written:
-                oc.zero_()
-            if g_ce is not None:
-                oc.scatter_add_(1, targets[a:b, None], g_ce[a:b, None])
-            if g_listed is not None:
-                oc.scatter_add_(1, ids[a:b], g_listed[a:b])
-            if not direct:
-                out[a:b].copy_(oc)
-        return out, None, None, None, None
-
-
 def _block_rows(n: int, vocab: int, dtype) -> int:
-    """Rows per block: about `_BLOCK_BYTES` per temporary, at least 32 rows (a large
+    """Rows per CPU block: about `_BLOCK_BYTES` per buffer, at least 32 rows (a large
     vocabulary would otherwise make the Python loop over blocks cost more than it saves)."""
     return max(1, min(n, max(32, _BLOCK_BYTES // (vocab * torch.finfo(dtype).bits // 8))))
+
+
+def _fused(logits: torch.Tensor) -> bool:
+    """Whether `logits` take the chunked path: on every device. The seam the tests turn off to
+    compare it with plain autograd (as `chunk_tokens=None` does)."""
+    return True
+
+
+def _chunk_rows(logits: torch.Tensor, chunk_tokens) -> int | None:
+    """Rows per chunk of the chunked path, or None for plain autograd: at most `chunk_tokens`,
+    and on CPU at most a cache-sized block (`_block_rows`)."""
+    if chunk_tokens is None:
+        return None
+    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+        raise ValueError(f"loss chunk_tokens must be a positive integer or None, got {chunk_tokens!r}")
+    if not _fused(logits):
+        return None
+    vocab = logits.size(-1)
+    n = logits.numel() // max(vocab, 1)
+    rows = min(n, chunk_tokens)
+    if logits.device.type == "cpu":
+        rows = min(rows, _block_rows(n, vocab, _compute_dtype(logits)))
+    return max(1, rows)
 
 
 def _scale(z: torch.Tensor, bias, temperature: float, out: torch.Tensor) -> torch.Tensor:
@@ -305,31 +288,232 @@ def _scale(z: torch.Tensor, bias, temperature: float, out: torch.Tensor) -> torc
     return torch.mul(z, 1.0 / temperature, out=out)
 
 
-def _fused(logits: torch.Tensor) -> bool:
-    """Whether the top-k path runs `_GatheredLogSoftmax` (CPU) or plain autograd."""
-    return logits.device.type == "cpu"
+def _teacher_log_probs(logq: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out = a dense teacher's log-probabilities (m, V') cast, padded with -inf to out's V
+    and renormalised; returns their logsumexp before renormalising (m,), the teacher's mass."""
+    vt = logq.size(1)
+    out[:, :vt].copy_(logq)
+    out[:, vt:].fill_(float("-inf"))
+    lse = torch.logsumexp(out, 1)
+    out.sub_(lse.clamp_min(-1e30).unsqueeze(1))
+    return lse
 
 
-def _gathered_log_probs(logits, targets, signal: GuidanceSignal, temperature: float):
-    """(log p(target) (B, T) or None, log p^T over the support at the listed ids (B, T, K)):
-    `_GatheredLogSoftmax` on CPU; on accelerators (a caching allocator, no first-touch cost)
-    the same values by plain autograd."""
+def _dense_kl_rows(log_s, logq, buf, scratch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KL(q || s) (m,), the teacher's mass (m,)) from the student's log s (m, V) and the
+    teacher's log-probabilities (m, V'); `buf`, `scratch` (m, V) are overwritten."""
+    lse = _teacher_log_probs(logq, buf)
+    q = torch.exp(buf, out=scratch)
+    buf.sub_(log_s).mul_(q).masked_fill_(q == 0, 0.0)  # q log(q / s), 0 where q = 0
+    return buf.sum(1), lse.exp()
+
+
+class _ChunkedLogSoftmax(torch.autograd.Function):
+    """The student's side of every loss, from logits z (N, V) in row chunks of `rows`:
+
+        logp_y (N,)    log softmax(z)[targets]                        targets (N,) or None
+        listed (N, K)  log softmax(z / T + bias)[ids]                 ids (N, K) or None
+        mean   (N,)    mean_j log softmax(z)_j                        want_mean
+        kl     (N,)    KL(q || softmax(z / T + bias)), q = softmax(logq) over V (padded)
+        mass   (N,)    exp logsumexp(logq), the dense teacher's mass (no gradient)
+        lse    (N,)    logsumexp(z)                                   want_lse
+
+    (an output not asked for is empty). Forward keeps only these per-row values; backward
+    recomputes each chunk's softmaxes and writes only the gradient,
+
+        dz = g_y (e_y - p) + g_mean (1/V - p) + g_lse p
+             + (1/T) (scatter_ids(g_listed) - s sum_k g_listed) + (g_kl / T) (s sum_j q_j - q)
+
+    with p = softmax(z), s = softmax(z / T + bias) (one softmax when T = 1 and no bias), so
+    nothing of size (N, V) is formed but the gradient: a few (rows, V) buffers, reused over
+    the chunks. Computed in fp32 at least; the gradient has z's dtype."""
+
+    @staticmethod
+    def forward(ctx, z, targets, ids, bias, logq, temperature, want_mean, want_lse, rows):
+        n, v = z.shape
+        dtype = _compute_dtype(z)
+        shared = bias is None and temperature == 1.0
+        scaled = ids is not None or logq is not None  # the T-side softmax is needed
+        plain = targets is not None or want_mean or (shared and scaled)
+        empty = z.new_empty(0, dtype=dtype)
+        logp_y, mean, lse = (z.new_empty(n, dtype=dtype) if on else empty for on in
+                             (targets is not None, want_mean, want_lse))  # fmt: skip
+        listed = z.new_empty(ids.shape, dtype=dtype) if ids is not None else empty
+        kl, mass = (
+            (z.new_empty(n, dtype=dtype), z.new_empty(n, dtype=dtype)) if logq is not None else (empty, empty)
+        )
+        lp = _buffer(z, rows, plain or scaled)
+        x = _buffer(z, rows, z.dtype != dtype or (scaled and not shared) or logq is not None)
+        qb = _buffer(z, rows, logq is not None)
+        for a in range(0, n, rows):
+            b = min(a + rows, n)
+            zc, lpc, xc = z[a:b], _rows(lp, b - a), _rows(x, b - a)
+            zf = zc if zc.dtype == dtype else xc.copy_(zc)
+            if want_lse:
+                lse[a:b] = torch.logsumexp(zf, 1)
+            if plain:
+                torch._log_softmax(zf, 1, False, out=lpc)
+                if targets is not None:
+                    logp_y[a:b] = lpc.gather(1, targets[a:b, None]).squeeze(1)
+                if want_mean:
+                    mean[a:b] = lpc.mean(1)
+            if scaled and not shared:
+                torch._log_softmax(_scale(zc, bias, temperature, xc), 1, False, out=lpc)
+            if ids is not None:
+                listed[a:b] = lpc.gather(1, ids[a:b])
+            if logq is not None:
+                kl[a:b], mass[a:b] = _dense_kl_rows(lpc, logq[a:b], qb[: b - a], xc)
+        ctx.save_for_backward(z, targets, ids, bias, logq)
+        ctx.temperature, ctx.rows = temperature, rows
+        ctx.mark_non_differentiable(mass)
+        ctx.set_materialize_grads(False)
+        return logp_y, listed, mean, kl, mass, lse
+
+    @staticmethod
+    def backward(ctx, g_y, g_listed, g_mean, g_kl, g_mass, g_lse):
+        z, targets, ids, bias, logq = ctx.saved_tensors
+        temperature, rows = ctx.temperature, ctx.rows
+        n, v = z.shape
+        dtype = _compute_dtype(z)
+        shared = bias is None and temperature == 1.0
+        # the per-row weights of p = softmax(z) and of s = softmax(z / T + bias)
+        c_p = _add(_add(None if g_y is None else -g_y, None if g_mean is None else -g_mean), g_lse)
+        c_s = None
+        if g_listed is not None:
+            g_listed = g_listed.to(dtype) * (1.0 / temperature)
+            c_s = -g_listed.sum(1)
+        c_kl = g_kl * (1.0 / temperature) if g_kl is not None else None
+        out = torch.empty_like(z)
+        direct = z.dtype == dtype  # else each chunk is computed in fp32, then cast
+        p = _buffer(z, rows, not shared and (c_s is not None or c_kl is not None))  # s, when p is not it
+        x = _buffer(z, rows, not direct or (not shared and (c_s is not None or c_kl is not None)))
+        qb = _buffer(z, rows, c_kl is not None)
+        grad = _buffer(z, rows, not direct)
+        for a in range(0, n, rows):
+            b = min(a + rows, n)
+            zc, pc, xc = z[a:b], _rows(p, b - a), _rows(x, b - a)
+            oc = out[a:b] if direct else grad[: b - a]
+            cp = None if c_p is None else c_p[a:b, None]
+            cs = None if c_s is None else c_s[a:b, None]
+            if c_kl is not None:
+                _teacher_log_probs(logq[a:b], qb[: b - a])
+                q = qb[: b - a].exp_()
+                cs = _add(cs, c_kl[a:b, None] * q.sum(1, keepdim=True))
+            if shared and cs is not None:
+                cp, cs = _add(cp, cs), None
+            written = False
+            if cp is not None:  # straight into the gradient: one pass fewer than through a buffer
+                torch._softmax(zc if direct else xc.copy_(zc), 1, False, out=oc)
+                oc.mul_(cp)
+                written = True
+            if cs is not None:
+                torch._softmax(_scale(zc, bias, temperature, xc), 1, False, out=pc)
+                if written:
+                    oc.addcmul_(pc, cs)
+                else:
+                    torch.mul(pc, cs, out=oc)
+                written = True
+            if not written:
+                oc.zero_()
+            if g_mean is not None:
+                oc.add_(g_mean[a:b, None].to(dtype) * (1.0 / v))
+            if c_kl is not None:
+                oc.addcmul_(q, c_kl[a:b, None], value=-1.0)
+            if g_y is not None:
+                oc.scatter_add_(1, targets[a:b, None], g_y[a:b, None].to(dtype))
+            if g_listed is not None:
+                oc.scatter_add_(1, ids[a:b], g_listed[a:b])
+            if not direct:
+                out[a:b].copy_(oc)
+        return out, None, None, None, None, None, None, None, None
+
+
+def _buffer(z: torch.Tensor, rows: int, needed: bool) -> torch.Tensor | None:
+    """A (rows, V) buffer in z's compute dtype, reused by every chunk (None when not needed)."""
+    if not needed:
+        return None
+    return z.new_empty(max(1, min(rows, z.size(0))), z.size(1), dtype=_compute_dtype(z))
+
+
+def _rows(buf: torch.Tensor | None, m: int) -> torch.Tensor | None:
+    return None if buf is None else buf[:m]
+
+
+def _add(a, b):
+    """a + b where None is zero (and both None stays None)."""
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+_OUTPUTS = ("logp_y", "listed", "mean", "kl", "mass", "lse")
+
+
+def _student(logits, targets, chunk_tokens, *, ids=None, mean=False, lse=False, temperature=1.0,
+             support=None, logq=None) -> dict:  # fmt: skip
+    """The student's side of a loss per position (B, T), by `_ChunkedLogSoftmax` in chunks
+    of at most `chunk_tokens` (None: plain autograd, the reference): `logp_y` log p(targets)
+    (targets given, already clamped), `mean` mean_j log p_j, `lse` log Z, at T = 1; `listed`
+    (B, T, K) log p^T over `support` at `ids`; for a dense teacher `logq` (B, T, V') its
+    `kl` KL(q || p^T) and `mass`. Only what is asked for is in the dict."""
     vocab = logits.size(-1)
-    support = _pad_vocab(signal.support, vocab, False)
-    if not _fused(logits):
-        logs = _student_log_probs_t(logits, support, temperature)
-        listed = logs.gather(-1, signal.ids)
-        if targets is None:
-            return None, listed
-        logp = F.log_softmax(_upcast(logits), dim=-1)
-        return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), listed
+    support = _pad_vocab(support, vocab, False)
+    rows = _chunk_rows(logits, chunk_tokens)
+    if rows is None:
+        return _plain_student(logits, targets, ids, mean, lse, temperature, support, logq)
+    shape = logits.shape[:-1]
+    n = shape.numel()
     bias = _support_bias(support, _compute_dtype(logits), logits.device)
-    ids = signal.ids.to(logits.device)
-    flat_targets = targets.reshape(-1) if targets is not None else None
-    ce, listed = _GatheredLogSoftmax.apply(
-        logits.reshape(-1, vocab), flat_targets, ids.reshape(-1, ids.size(-1)), bias, temperature
+    flat_ids = ids.to(logits.device).reshape(n, ids.size(-1)) if ids is not None else None
+    values = _ChunkedLogSoftmax.apply(
+        logits.reshape(n, vocab),
+        targets.reshape(n) if targets is not None else None,
+        flat_ids,
+        bias,
+        logq.reshape(n, logq.size(-1)) if logq is not None else None,
+        temperature,
+        mean,
+        lse,
+        rows,
     )
-    return (ce.view(targets.shape) if targets is not None else None), listed.view(ids.shape)
+    asked = (targets is not None, ids is not None, mean, logq is not None, logq is not None, lse)
+    return {
+        name: value.view(shape + value.shape[1:])
+        for name, value, on in zip(_OUTPUTS, values, asked, strict=True)
+        if on
+    }
+
+
+def _plain_student(logits, targets, ids, mean, lse, temperature, support, logq) -> dict:
+    """`_student` by plain autograd on whole (B, T, V) tensors."""
+    z = _upcast(logits)
+    out = {}
+    shared = support is None and temperature == 1.0
+    logp = None
+    if targets is not None or mean or (shared and (ids is not None or logq is not None)):
+        logp = F.log_softmax(z, dim=-1)
+        if targets is not None:
+            out["logp_y"] = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        if mean:
+            out["mean"] = logp.mean(-1)
+    if lse:
+        out["lse"] = torch.logsumexp(z, dim=-1)
+    if ids is None and logq is None:
+        return out
+    logs = _student_log_probs_t(z, support, temperature, logp)
+    if ids is not None:
+        out["listed"] = logs.gather(-1, ids)
+    if logq is not None:
+        lq = _pad_vocab(logq.to(logs.dtype), logits.size(-1), float("-inf"))
+        norm = torch.logsumexp(lq, -1, keepdim=True)
+        lq = lq - norm.clamp_min(-1e30)  # renormalised on the support
+        q = lq.exp()
+        out["kl"] = (q * (lq - logs)).where(q > 0, torch.zeros_like(q)).sum(-1)
+        out["mass"] = norm.squeeze(-1).exp()
+    return out
+
+
+# ---------------------------------------------------------------------------- KL and the rest
 
 
 def _topk_kl(log_s: torch.Tensor, signal: GuidanceSignal) -> torch.Tensor:
@@ -348,24 +532,26 @@ def _topk_kl(log_s: torch.Tensor, signal: GuidanceSignal) -> torch.Tensor:
     return torch.where(total > 0, kl, torch.zeros_like(kl))
 
 
+def _kl_student(logits, targets, signal: GuidanceSignal, temperature: float, chunk_tokens) -> dict:
+    """`_student` for KL: the listed ids of a top-k signal, or the dense teacher's log-probs."""
+    if signal.log_probs is None:
+        return _student(logits, targets, chunk_tokens, ids=signal.ids, temperature=temperature,
+                        support=signal.support)  # fmt: skip
+    return _student(logits, targets, chunk_tokens, temperature=temperature, support=signal.support,
+                    logq=signal.log_probs)  # fmt: skip
+
+
 def kl_divergence(
-    logits: torch.Tensor, signal: GuidanceSignal, temperature: float, *, log_probs=None
+    logits: torch.Tensor, signal: GuidanceSignal, temperature: float, *, chunk_tokens=CHUNK_TOKENS
 ) -> torch.Tensor:
     """KL(q^T || p^T) per position (B, T) over the teacher's support (module docstring).
 
     A top-k signal touches the vocabulary only through the student's log-partition at T and
-    a gather of the K listed entries (`_GatheredLogSoftmax`); the tail bucket's student mass
-    s_r = 1 - sum_j s_j comes from the gathered values, so no dense tail tensor is formed.
-    `log_probs`: the student's log_softmax(logits) when the caller has it, reused by a dense
-    signal at T = 1 with no support instead of a second full-vocabulary pass."""
-    if signal.log_probs is None:
-        return _topk_kl(_gathered_log_probs(logits, None, signal, temperature)[1], signal)
-    vocab = logits.size(-1)
-    logs = _student_log_probs_t(logits, _pad_vocab(signal.support, vocab, False), temperature, log_probs)
-    logq = _pad_vocab(signal.log_probs.to(logs.dtype), vocab, float("-inf"))
-    logq = logq - torch.logsumexp(logq, -1, keepdim=True).clamp_min(-1e30)  # renormalised on the support
-    q = logq.exp()
-    return (q * (logq - logs)).where(q > 0, torch.zeros_like(q)).sum(-1)
+    a gather of the K listed entries; the tail bucket's student mass s_r = 1 - sum_j s_j comes
+    from the gathered values, so no dense tail tensor is formed. A dense signal's KL is summed
+    over the vocabulary chunk by chunk."""
+    s = _kl_student(logits, None, signal, temperature, chunk_tokens)
+    return _topk_kl(s["listed"], signal) if signal.log_probs is None else s["kl"]
 
 
 def kl_loss(
@@ -377,21 +563,15 @@ def kl_loss(
     tail_policy="uniform",
     alpha=0.5,
     temperature=2.0,
+    chunk_tokens=CHUNK_TOKENS,
     **opts,
 ) -> dict:
     """(1 - w(1 - alpha)) CE + w (1 - alpha) T^2 KL(q^T || p^T), mean over tokens (module docstring)."""
-    safe_targets = targets.clamp_min(0)
-    if signal.log_probs is None:  # top-k: both terms from one pass over the vocabulary
-        logp_y, log_s = _gathered_log_probs(logits, safe_targets, signal, temperature)
-        kl_tok = _topk_kl(log_s, signal)
-    else:
-        z = _upcast(logits)  # cast once, shared by both terms
-        logp = F.log_softmax(z, dim=-1)
-        logp_y = logp.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
-        kl_tok = kl_divergence(z, signal, temperature, log_probs=logp)
-    ce_tok = -logp_y
+    s = _kl_student(logits, targets.clamp_min(0), signal, temperature, chunk_tokens)
+    kl_tok = _topk_kl(s["listed"], signal) if signal.log_probs is None else s["kl"]
+    ce_tok = -s["logp_y"]
     mask = (targets != IGNORE).to(ce_tok.dtype)
-    aligned, terms = _alignment_terms(signal, mask, ce_tok.dtype)
+    aligned, terms = _alignment_terms(signal, mask, ce_tok.dtype, s.get("mass"))
     kl_tok = kl_tok * aligned  # unaligned positions carry nothing
     ce = _masked_mean(ce_tok, mask)
     kl = _masked_mean(kl_tok, mask)
@@ -401,8 +581,9 @@ def kl_loss(
 
 
 def masked_diffusion_loss(
-    logits, targets, signal=None, weight=0.0, *, tail_policy="uniform", p: torch.Tensor, **opts
-) -> dict:
+    logits, targets, signal=None, weight=0.0, *, tail_policy="uniform", p: torch.Tensor,
+    chunk_tokens=CHUNK_TOKENS, **opts
+) -> dict:  # fmt: skip
     """LLaDA's pre-training loss (`sdce.diffusion.pretraining_loss`) in this module's signature:
     `targets` holds the clean token where the input was masked and IGNORE elsewhere, `p` the
     mask probability of each position. Unlike the other objectives it is not a mean over
@@ -411,13 +592,42 @@ def masked_diffusion_loss(
     from sdce.diffusion import pretraining_loss
 
     masked = targets != IGNORE
-    logits = _upcast(logits)
-    loss = pretraining_loss(logits, targets.clamp_min(0), masked, p.to(logits.dtype))
-    ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE)
-    return {"loss": loss, "ce": torch.nan_to_num(ce), "mask_rate": masked.to(logits.dtype).mean()}
+    if _chunk_rows(logits, chunk_tokens) is None:
+        logits = _upcast(logits)
+        loss = pretraining_loss(logits, targets.clamp_min(0), masked, p.to(logits.dtype))
+        ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE)
+        return {"loss": loss, "ce": torch.nan_to_num(ce), "mask_rate": masked.to(logits.dtype).mean()}
+    ce_tok = -_student(logits, targets.clamp_min(0), chunk_tokens)["logp_y"]
+    weight_tok = masked.to(ce_tok.dtype)
+    # sum over masked positions of CE / p, over every position (pretraining_loss's formula)
+    loss = (ce_tok * weight_tok / p.to(ce_tok.dtype)).sum() / targets.numel()
+    return {"loss": loss, "ce": _masked_mean(ce_tok, weight_tok), "mask_rate": weight_tok.mean()}
 
 
-def z_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def masked_diffusion_sft_loss(
+    logits, targets, signal=None, weight=0.0, *, tail_policy="uniform", p: torch.Tensor,
+    prompt_lengths: torch.Tensor, chunk_tokens=CHUNK_TOKENS, **opts
+) -> dict:  # fmt: skip
+    """LLaDA's SFT loss (`sdce.diffusion.sft_loss`) in this module's signature: per sequence,
+    the sum over its masked tokens of CE / p divided by its answer length (the positions from
+    `prompt_lengths` on, the eos padding included), then the mean over sequences. `targets`
+    holds the clean token where the input was masked (never in the prompt), IGNORE elsewhere.
+    `ce` (mean CE over the masked tokens) and `mask_rate` (masked fraction of the answer
+    positions) are logged, not optimised."""
+    masked = targets != IGNORE
+    b, length = targets.shape
+    ce_tok = -_student(logits, targets.clamp_min(0), chunk_tokens)["logp_y"]
+    weight_tok = masked.to(ce_tok.dtype)
+    answer = (length - prompt_lengths.clamp(0, length)).to(ce_tok.dtype)[:, None]
+    loss = (ce_tok * weight_tok / (p.to(ce_tok.dtype) * answer.clamp_min(1))).sum() / b
+    mask_rate = weight_tok.sum() / answer.sum().clamp_min(1)
+    return {"loss": loss, "ce": _masked_mean(ce_tok, weight_tok), "mask_rate": mask_rate}
+
+
+def z_loss(logits: torch.Tensor, targets: torch.Tensor, *, chunk_tokens=CHUNK_TOKENS) -> torch.Tensor:
     """mean over tokens of log(Z)^2, keeping the softmax normaliser near 1."""
-    lse = torch.logsumexp(logits.float(), dim=-1)
+    if _chunk_rows(logits, chunk_tokens) is None:
+        lse = torch.logsumexp(logits.float(), dim=-1)
+    else:
+        lse = _student(logits, None, chunk_tokens, lse=True)["lse"]
     return _masked_mean(lse.square(), (targets != IGNORE).to(lse.dtype))

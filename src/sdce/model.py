@@ -93,12 +93,77 @@ def _modernbert_config(spec: dict, vocab_size: int, positions: int, bos_id: int,
     )
 
 
+def _mixtral_config(spec: dict, vocab_size: int, positions: int, bos_id: int, eos_id: int):
+    """transformers' Mixtral: a Llama whose MLPs are top-k routed SwiGLU experts
+    (`intermediate_size` wide each). `output_router_logits` is on, so every forward returns
+    the routers' load-balancing `aux_loss`, which the objective's `router` term adds to the
+    loss (`aux_weights`). Mixtral adds it to its own `loss` only when given labels, and the
+    training loop passes none (it scores the logits itself), so it is counted once;
+    `router_aux_loss_coef` is set to the same weight so the saved config records it."""
+    from transformers import MixtralConfig
+
+    moe = spec["moe"]
+    return MixtralConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec["n_embd"],
+        intermediate_size=_inner(spec),
+        num_hidden_layers=spec["n_layer"],
+        num_attention_heads=spec["n_head"],
+        num_key_value_heads=spec["n_head"],
+        max_position_embeddings=positions,
+        attention_dropout=spec["dropout"],
+        num_local_experts=moe["n_experts"],
+        num_experts_per_tok=moe["experts_per_token"],
+        router_aux_loss_coef=moe["router_aux_weight"],
+        output_router_logits=True,
+        tie_word_embeddings=True,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+    )
+
+
+def _moep_config(spec: dict, vocab_size: int, positions: int, bos_id: int, eos_id: int):
+    """MoE-P (`sdce.moep`, docs/models.md): n_layer = 2 dense layers of n_embd around
+    n_layer - 2 parallel layers of moe.parallel_n_embd, each of moe.n_experts blocks; MoE
+    projections of moe.n_experts linear experts between the widths; top-k routing with
+    k = moe.experts_per_token everywhere. Its `aux_loss` enters the loss as Mixtral's does."""
+    from sdce.moep import MoEPConfig
+
+    moe, p = spec["moe"], spec["dropout"]
+    return MoEPConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=positions,
+        hidden_size=spec["n_embd"],
+        num_attention_heads=spec["n_head"],
+        intermediate_size=_inner(spec),
+        num_hidden_layers=spec["n_layer"],
+        parallel_hidden_size=moe["parallel_n_embd"],
+        parallel_num_attention_heads=moe["parallel_n_head"],
+        num_local_experts=moe["n_experts"],
+        num_experts_per_tok=moe["experts_per_token"],
+        router_aux_loss_coef=moe["router_aux_weight"],
+        output_router_logits=True,
+        resid_pdrop=p,
+        embd_pdrop=p,
+        attn_pdrop=p,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+    )
+
+
+def _router_weight(spec: dict) -> dict:
+    return {"router": spec["moe"]["router_aux_weight"]}
+
+
 # model.family -> Family; a new architecture is one entry here and its name in the schema enum
 FAMILIES: dict[str, Family] = {
     "gpt2": Family(_gpt2_config),
     "llama": Family(_llama_config),
     "modernbert": Family(_modernbert_config, kind="bidirectional", auto_class="AutoModelForMaskedLM"),
+    "mixtral": Family(_mixtral_config, aux_weights=_router_weight),
+    "moep": Family(_moep_config, aux_weights=_router_weight),
 }
+MOE_FAMILIES = ("mixtral", "moep")  # the families that read model.moe
 
 
 def family_of(spec: dict) -> Family:
@@ -107,10 +172,32 @@ def family_of(spec: dict) -> Family:
     return FAMILIES[spec["family"]]
 
 
-def check_shape(spec: dict) -> None:
-    """Architecture constraints the schema cannot express."""
+def check_shape(spec: dict, where: str = "") -> None:
+    """Architecture constraints the schema cannot express: a one-line ValueError naming the
+    key (prefixed with `where`, e.g. `runs.baseline.`)."""
+    key = f"{where}model"
     if spec["n_embd"] % spec["n_head"]:
-        raise ValueError(f"model.n_embd={spec['n_embd']} is not divisible by model.n_head={spec['n_head']}")
+        raise ValueError(f"{key}.n_embd: {spec['n_embd']} is not divisible by model.n_head={spec['n_head']}")
+    if spec["family"] not in MOE_FAMILIES:
+        return
+    moe = spec["moe"]
+    if moe["experts_per_token"] > moe["n_experts"]:
+        raise ValueError(
+            f"{key}.moe.experts_per_token: {moe['experts_per_token']} is more than "
+            f"model.moe.n_experts={moe['n_experts']} (top-k routing picks k different experts)"
+        )
+    if spec["family"] != "moep":
+        return
+    if moe["parallel_n_embd"] % moe["parallel_n_head"]:
+        raise ValueError(
+            f"{key}.moe.parallel_n_embd: {moe['parallel_n_embd']} is not divisible by "
+            f"model.moe.parallel_n_head={moe['parallel_n_head']}"
+        )
+    if spec["n_layer"] < 3:
+        raise ValueError(
+            f"{key}.n_layer: {spec['n_layer']} is too few for family moep "
+            "(two dense layers around at least one parallel layer: 3 or more)"
+        )
 
 
 def build_config(spec: dict, vocab_size: int, block_size: int, bos_id: int, eos_id: int):
@@ -122,6 +209,8 @@ def auto_class(kind_or_path: str):
     """The transformers Auto class of a model kind (`causal`, `bidirectional`) or of a saved
     model folder (read from its config's model_type)."""
     import transformers
+
+    import sdce.moep  # noqa: F401  (registers model_type moep with the Auto classes)
 
     kind = kind_or_path
     if kind not in {f.kind for f in FAMILIES.values()}:
@@ -160,6 +249,8 @@ def build_model(spec: dict, tokenizer, block_size: int, seed: int):
     run does not depend on what the process drew before (a resumed run rebuilds the same
     model before loading its checkpoint and RNG state)."""
     import transformers
+
+    import sdce.moep  # noqa: F401  (registers model_type moep with the Auto classes)
 
     AutoModel = getattr(transformers, family_of(spec).auto_class)
     attn = spec["attn_implementation"]
@@ -239,3 +330,40 @@ def apply_lora(model, lora: dict, quantized: bool = False):
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def experts_per_token(config) -> int | None:
+    """k of a mixture of experts' top-k routing when its forward returns the routers'
+    logits (mixtral, moep); None for a dense model."""
+    return (
+        getattr(config, "num_experts_per_tok", None)
+        if getattr(config, "output_router_logits", False)
+        else None
+    )
+
+
+@torch.no_grad()
+def expert_load(outputs, top_k: int | None) -> dict[str, torch.Tensor]:
+    """The expert load balance of one forward, from its routers' logits, on the device
+    (nothing is synced: the training loop averages it with the loss terms when it logs).
+    Per router, f_e is the fraction of its top-k assignments that go to expert e (mean
+    1/E). `expert_load_max`: the largest f_e / (1/E) over experts and routers (1 = every
+    expert equally loaded; E/k = k experts take every token); `expert_load_cv`: the
+    coefficient of variation std_e(f) / mean_e(f), averaged over routers (0 = balanced).
+    {} for a dense model (`top_k` None)."""
+    router_logits = getattr(outputs, "router_logits", None)
+    if not top_k or not router_logits:
+        return {}
+    fractions = []
+    for logits in router_logits:  # (tokens, E) per router
+        chosen = logits.topk(top_k, dim=-1).indices.reshape(-1)  # the softmax keeps the order
+        counts = torch.zeros(logits.shape[-1], device=logits.device).index_add_(
+            0, chosen, torch.ones_like(chosen, dtype=torch.float32)
+        )
+        fractions.append(counts / chosen.numel())
+    f = torch.stack(fractions)  # (routers, E)
+    n_experts = f.shape[-1]
+    return {
+        "expert_load_max": (f.max(dim=-1).values * n_experts).max(),
+        "expert_load_cv": (f.std(dim=-1, unbiased=False) / f.mean(dim=-1)).mean(),
+    }

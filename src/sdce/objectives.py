@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from sdce import losses
+from sdce.data import batches
 
 
 class ObjectiveError(ValueError):
@@ -73,6 +74,24 @@ def diffusion_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     noisy, masked, p = diffusion.forward_process(clean, tokenizer.mask_token_id, generator, eps=spec["eps"])
     targets = torch.where(masked, clean, torch.full_like(clean, losses.IGNORE))
     return Batch({"input_ids": noisy}, targets, {"p": p})
+
+
+def sft_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, guidance: dict,
+              tokenizer) -> Batch:  # fmt: skip
+    """LLaDA SFT: each window starts at an example (`DocumentSampler`); after its eos it is
+    padded with eos, which counts as answer; the prompt (found by its chat markers) is never
+    masked, the answer masked with p = (1 - eps) t + eps per sequence."""
+    from sdce import diffusion
+    from sdce.data.chat import pad_after_eos, prompt_lengths
+
+    clean = pad_after_eos(x, tokenizer.eos_token_id)
+    lengths = prompt_lengths(clean, tokenizer)
+    eps = guidance["diffusion"]["eps"]
+    noisy, masked, p = diffusion.sft_forward_process(
+        clean, lengths, tokenizer.mask_token_id, generator, eps=eps
+    )
+    targets = torch.where(masked, clean, torch.full_like(clean, losses.IGNORE))
+    return Batch({"input_ids": noisy}, targets, {"p": p, "prompt_lengths": lengths})
 
 
 # ---------------------------------------------------------------------------- teachers
@@ -173,6 +192,8 @@ class Objective:
     tokenizer: Callable[[Any], Any] = lambda tokenizer: tokenizer
     validation: str = "next_token"
     validation_options: Callable[[dict], dict] = _no_options
+    sampler: Callable[..., Any] = batches.WindowSampler
+    data: Callable[[dict], None] = lambda study: None
 
     @property
     def guided(self) -> bool:
@@ -183,6 +204,21 @@ def _with_mask_token(tokenizer):
     from sdce.data.tokenizer import with_mask_token
 
     return with_mask_token(tokenizer)
+
+
+def _chat_corpus(study: dict) -> None:
+    """SFT reads a prompt/response corpus whose chat markers the tokenizer keeps whole."""
+    from sdce.data.chat import MARKERS
+
+    if study["corpus"]["prompt_column"] is None:
+        raise ObjectiveError(
+            "corpus.prompt_column: objective 'masked_diffusion_sft' needs a prompt/response corpus "
+            "(corpus.prompt_column and corpus.response_column)"
+        )
+    if study["tokenizer"]["kind"] == "bpe" and not set(MARKERS) <= set(study["tokenizer"]["special_tokens"]):
+        raise ObjectiveError(
+            f"tokenizer.special_tokens: a prompt/response corpus needs [{', '.join(MARKERS)}]"
+        )
 
 
 def _lm_signal(section: str, fixed_temperature: float | None = None):
@@ -226,6 +262,17 @@ OBJECTIVES: dict[str, Objective] = {
             tokenizer=_with_mask_token,
             validation="elbo",
             validation_options=lambda g: {"n_draws": g["diffusion"]["elbo_draws"]},
+        ),
+        Objective(
+            "masked_diffusion_sft",
+            losses.masked_diffusion_sft_loss,
+            model_kind="bidirectional",
+            batch=sft_batch,
+            tokenizer=_with_mask_token,
+            validation="elbo",
+            validation_options=lambda g: {"n_draws": g["diffusion"]["elbo_draws"]},
+            sampler=batches.DocumentSampler,
+            data=_chat_corpus,
         ),
     )
 }
@@ -329,6 +376,12 @@ def compute_named(name: str, logits, targets, signal, weight, *, z_weight: float
     """`terms` by objective name with the loss options given directly (tests, benchmarks)."""
     aux = {"z_loss": z_weight} if z_weight else None
     return terms(get(name), logits, Batch({}, targets), signal, weight, options, aux)
+
+
+def check_data(study: dict, runs: dict[str, dict]) -> None:
+    """What the runs' objectives need of the study's data (e.g. SFT a prompt/response corpus)."""
+    for name in sorted({run["guidance"]["objective"] for run in runs.values()}):
+        get(name).data(study)
 
 
 def check_run(run: dict, where: str) -> None:

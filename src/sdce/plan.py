@@ -212,11 +212,14 @@ def _check_teachers(teachers: dict[str, dict], runs: dict[str, dict]) -> None:
 def check_run(run: dict, where: str) -> None:
     """A resolved run's constraints across keys: the student's shape, its batch, and its
     objective's model kind. Raises ConfigError naming the key."""
+    from sdce.model import check_shape
+
     model, training = run["model"], run["training"]
-    if model["from_pretrained"] is None and model["n_embd"] % model["n_head"]:
-        raise ConfigError(
-            f"{where}.model.n_embd: {model['n_embd']} is not divisible by model.n_head={model['n_head']}"
-        )
+    if model["from_pretrained"] is None:
+        try:
+            check_shape(model, f"{where}.")  # heads divide the width, top-k within the experts, ...
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     micro = training["micro_batch_size"]
     if micro is not None and training["batch_size"] % micro:
         raise ConfigError(
@@ -263,6 +266,10 @@ def plan(study: dict) -> Plan:
     runs = {name: resolve_run(study, name) for name in grid}
     for name, run in runs.items():
         check_run(run, f"runs.{name}")
+    try:
+        objectives.check_data(study, runs)
+    except objectives.ObjectiveError as err:
+        raise ConfigError(str(err)) from None
     teachers = {
         name: validate(spec, "teacher", where=f"teachers.{name}") for name, spec in study["teachers"].items()
     }

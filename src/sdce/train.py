@@ -37,7 +37,7 @@ from sdce.evaluation import validation
 from sdce.io import atomic_dir, file_hash, write_json, write_text
 from sdce.job import Job
 from sdce.metrics import MetricsLog, StepWindow
-from sdce.model import build_model, count_parameters
+from sdce.model import build_model, count_parameters, expert_load, experts_per_token
 from sdce.schedules import guidance_weight
 
 __all__ = ["Trainer", "TrainingError", "run_job", "train"]
@@ -79,6 +79,7 @@ class Trainer:
         self.train_data, train_meta = load_shard(job.inputs.train_shard)
         self.val_data, _ = load_shard(job.inputs.val_shard)
         self.block = self.spec["block_size"]
+        self.sampler = self.objective.sampler(self.train_data, self.block, self.tokenizer.eos_token_id)
         self.micro, self.accum = micro_batch(self.spec, bk.world)
         # the teacher is loaded and checked on the host, then moved to the device
         self.teacher = objectives.load_teacher(
@@ -86,6 +87,7 @@ class Trainer:
         )
         self.aux = objectives.aux_weights(job.run)
         self.model = build_model(job.run["model"], self.tokenizer, self.block, job.seed)
+        self.top_k = experts_per_token(self.model.config)  # None: a dense student, no expert load to log
         self.compute = Compute(self.model.config, self.teacher, self.guidance, self.spec)
         if self.spec["gradient_checkpointing"]:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -152,7 +154,7 @@ class Trainer:
         `accum` micro-batches); the step's loss terms on the device, its grad norm and lr."""
         bk, job, block = self.bk, self.job, self.block
         use_teacher = self.teacher is not None and weight > 0  # a decayed teacher is not run at all
-        offsets = batches.global_offsets(len(self.train_data), block, self.spec["batch_size"], job.seed, step)
+        offsets = self.sampler.offsets(self.spec["batch_size"], job.seed, step)
         mine = offsets[bk.rank * self.micro * self.accum : (bk.rank + 1) * self.micro * self.accum]
         terms: dict[str, torch.Tensor] = {}
         for m in range(self.accum):
@@ -166,6 +168,7 @@ class Trainer:
                 out = objectives.compute(
                     self.objective, outputs.logits, batch, signal, weight, self.guidance, self.aux, outputs
                 )
+                out.update(expert_load(outputs, self.top_k))  # logged beside the loss terms
                 bk.backward(out["loss"] / self.accum)
             for k, v in out.items():
                 terms[k] = terms.get(k, 0.0) + v.detach() / self.accum

@@ -21,6 +21,35 @@ def global_offsets(n_tokens: int, block_size: int, batch_size: int, seed: int, s
     return np.random.default_rng([seed, step]).integers(0, high + 1, size=batch_size)
 
 
+class WindowSampler:
+    """The offsets of a step's windows: anywhere in the shard (`global_offsets`)."""
+
+    def __init__(self, data: np.ndarray, block_size: int, eos_id: int | None = None):
+        self.n_tokens, self.block_size = len(data), block_size
+
+    def offsets(self, batch_size: int, seed: int, step: int) -> np.ndarray:
+        return global_offsets(self.n_tokens, self.block_size, batch_size, seed, step)
+
+
+class DocumentSampler:
+    """The offsets of a step's windows: each at a document's first token (the shard's start
+    or the token after an eos), drawn uniformly among the documents whose window fits in the
+    shard, as a pure function of (seed, step). One example per row (prompt/response SFT)."""
+
+    def __init__(self, data: np.ndarray, block_size: int, eos_id: int):
+        ends = np.flatnonzero(np.asarray(data) == eos_id)
+        starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else np.array([0])
+        self.starts = starts[starts + block_size + 1 <= len(data)]
+        if not len(self.starts):
+            raise ValueError(
+                f"training shard has no document with block_size + 1 = {block_size + 1} tokens after it"
+            )
+
+    def offsets(self, batch_size: int, seed: int, step: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, step])
+        return self.starts[rng.integers(0, len(self.starts), size=batch_size)]
+
+
 def windows(data: np.ndarray, offsets: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets), each (len(offsets), block_size) int64."""
     idx = offsets[:, None] + np.arange(block_size + 1)[None, :]

@@ -69,12 +69,16 @@ def _files(spec: dict) -> list[dict]:
         raise CorpusError(f"no .txt/.json/.jsonl files under {root}")
     docs = []
     for f in files:
-        docs.extend({"text": t, "source": f.stem} for t in _read_text_file(f, spec["text_column"]))
+        docs.extend({"text": t, "source": f.stem} for t in _read_text_file(f, spec))
     return docs
 
 
-def _read_text_file(path: Path, column: str) -> list[str]:
+def _read_text_file(path: Path, spec: dict) -> list[str]:
     if path.suffix == ".txt":
+        if _chat_columns(spec):
+            raise CorpusError(
+                f"{path}: a prompt/response corpus (corpus.prompt_column) needs json or jsonl files"
+            )
         with open(path, encoding="utf-8") as fh:
             return [line.strip() for line in fh]
     if path.suffix == ".jsonl":
@@ -87,7 +91,7 @@ def _read_text_file(path: Path, column: str) -> list[str]:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise CorpusError(f"{path}:{i}: invalid JSON ({e.msg})") from None
-                out.append(_column(record, column, f"{path}:{i}"))
+                out.append(_record_text(record, spec, f"{path}:{i}"))
         return out
     with open(path, encoding="utf-8") as fh:
         try:
@@ -98,12 +102,35 @@ def _read_text_file(path: Path, column: str) -> list[str]:
         data = data["data"]
     if not isinstance(data, list):
         raise CorpusError(f"{path}: expected a list of records (or {{'data': [...]}})")
-    return [_column(r, column, f"{path}[{i}]") for i, r in enumerate(data)]
+    return [_record_text(r, spec, f"{path}[{i}]") for i, r in enumerate(data)]
 
 
-def _column(record, column: str, where: str) -> str:
+def _chat_columns(spec: dict) -> tuple[str, str] | None:
+    """(prompt column, response column) of a prompt/response corpus, else None."""
+    prompt, response = spec.get("prompt_column"), spec.get("response_column")
+    if (prompt is None) != (response is None):
+        raise CorpusError("corpus.prompt_column and corpus.response_column are set together")
+    return (prompt, response) if prompt is not None else None
+
+
+def _record_text(record, spec: dict, where: str) -> str:
+    """A record's document: its text column, or its prompt and response in the chat format
+    (`sdce.data.chat`)."""
+    columns = _chat_columns(spec)
+    if columns is None:
+        return _column(record, spec["text_column"], where, "corpus.text_column")
+    from sdce.data.chat import format_example
+
+    prompt, response = (
+        _column(record, c, where, f"corpus.{k}_column")
+        for c, k in zip(columns, ("prompt", "response"), strict=True)
+    )
+    return format_example(prompt, response)
+
+
+def _column(record, column: str, where: str, key: str = "corpus.text_column") -> str:
     if not isinstance(record, dict) or column not in record:
-        raise CorpusError(f"{where}: record has no '{column}' field (corpus.text_column)")
+        raise CorpusError(f"{where}: record has no '{column}' field ({key})")
     value = record[column]
     if not isinstance(value, str):
         raise CorpusError(f"{where}: '{column}' is not a string")
@@ -116,7 +143,7 @@ def _hf(spec: dict) -> list[dict]:
     name = spec.get("hf_name")
     if not name:
         raise CorpusError("corpus.hf_name must be set for source 'hf'")
-    column = spec["text_column"]
+    columns = _chat_columns(spec) or (spec["text_column"],)
     local = Path(name).expanduser()
     saved = ("dataset_info.json", "state.json", "dataset_dict.json")  # Dataset(Dict).save_to_disk
     if local.is_dir() and any((local / f).exists() for f in saved):
@@ -125,10 +152,13 @@ def _hf(spec: dict) -> list[dict]:
             ds = ds[spec["hf_split"]]
     else:
         ds = datasets.load_dataset(name, spec.get("hf_config"), split=spec["hf_split"])
-    if column not in ds.column_names:
-        raise CorpusError(f"dataset {name} has no column '{column}' (has: {', '.join(ds.column_names)})")
+    for column in columns:
+        if column not in ds.column_names:
+            raise CorpusError(f"dataset {name} has no column '{column}' (has: {', '.join(ds.column_names)})")
     source = Path(name).name or name
-    return [{"text": t, "source": source} for t in ds[column] if isinstance(t, str)]
+    if len(columns) == 2:
+        return [{"text": _record_text(r, spec, f"{name}[{i}]"), "source": source} for i, r in enumerate(ds)]
+    return [{"text": t, "source": source} for t in ds[columns[0]] if isinstance(t, str)]
 
 
 def word_count(text: str) -> int:

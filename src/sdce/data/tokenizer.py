@@ -59,6 +59,9 @@ def build_tokenizer(spec: dict, texts: Iterable[str], out: str | Path):
         if not spec.get("path"):
             raise TokenizerError("tokenizer.path must be set when tokenizer.kind is 'pretrained'")
         tok = load_pretrained(spec["path"])
+    extra = [t for t in spec.get("special_tokens", []) if t not in tok.get_vocab()]
+    if extra:  # e.g. the chat markers of a prompt/response corpus: one id each, never split
+        tok.add_special_tokens({"additional_special_tokens": extra})
     with atomic_dir(out) as tmp:
         tok.save_pretrained(str(tmp))
     return tok
