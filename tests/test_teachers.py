@@ -286,6 +286,7 @@ def test_lora_finetune_runs_on_cpu_for_two_steps_and_merges_into_the_teacher(
         "path": str(tmp_path / "base"),
         "vocab_size": 2000,
         "min_frequency": 2,
+        "special_tokens": [],
     }
     run = plan.training_run(spec)
     assert run["model"]["adapter"] == "lora" and run["model"]["from_pretrained"] == str(tmp_path / "base")

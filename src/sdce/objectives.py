@@ -157,11 +157,11 @@ TEACHER_KINDS: dict[str, TeacherKind] = {
 # ---------------------------------------------------------------------------- auxiliary terms
 
 
-def _z_loss_term(logits, batch: Batch, outputs) -> torch.Tensor:
-    return losses.z_loss(logits, batch.targets)
+def _z_loss_term(logits, batch: Batch, outputs, chunk_tokens=losses.CHUNK_TOKENS) -> torch.Tensor:
+    return losses.z_loss(logits, batch.targets, chunk_tokens=chunk_tokens)
 
 
-def _router_term(logits, batch: Batch, outputs) -> torch.Tensor:
+def _router_term(logits, batch: Batch, outputs, chunk_tokens=None) -> torch.Tensor:
     aux = getattr(outputs, "aux_loss", None)
     if aux is None:
         raise ObjectiveError("the router term needs a model that returns aux_loss (a mixture of experts)")
@@ -353,10 +353,16 @@ def compute(
     guidance: dict,
     aux: dict[str, float] | None = None,
     outputs=None,
+    chunk_tokens: int | None = losses.CHUNK_TOKENS,
 ) -> dict:
     """The loss terms of a run's objective on one micro-batch (`terms` with the objective's
-    options read from the run's `guidance`)."""
-    options = {"tail_policy": guidance["tail_policy"], **objective.options(guidance)}
+    options read from the run's `guidance`, in chunks of `chunk_tokens` tokens:
+    training.loss_chunk_tokens)."""
+    options = {
+        "tail_policy": guidance["tail_policy"],
+        "chunk_tokens": chunk_tokens,
+        **objective.options(guidance),
+    }
     return terms(objective, logits, batch, signal, weight, options, aux, outputs)
 
 
@@ -366,7 +372,7 @@ def terms(objective: Objective, logits, batch: Batch, signal, weight, options: d
     fn = objective.loss if signal is not None or not objective.guided else losses.ce_loss
     out = fn(logits, batch.targets, signal, weight, **options, **batch.extras)
     for name, w in (aux or {}).items():
-        term = AUX_TERMS[name](logits, batch, outputs)
+        term = AUX_TERMS[name](logits, batch, outputs, options.get("chunk_tokens", losses.CHUNK_TOKENS))
         out[name] = term
         out["loss"] = out["loss"] + w * term
     return out

@@ -166,7 +166,15 @@ class Trainer:
                 outputs = self.model(**batch.inputs)
                 signal = self.teacher.signal(x, offsets=window) if use_teacher else None
                 out = objectives.compute(
-                    self.objective, outputs.logits, batch, signal, weight, self.guidance, self.aux, outputs
+                    self.objective,
+                    outputs.logits,
+                    batch,
+                    signal,
+                    weight,
+                    self.guidance,
+                    self.aux,
+                    outputs,
+                    chunk_tokens=self.spec["loss_chunk_tokens"],
                 )
                 out.update(expert_load(outputs, self.top_k))  # logged beside the loss terms
                 bk.backward(out["loss"] / self.accum)
