@@ -216,7 +216,7 @@ def main() -> None:
         arms = ("ce", "kl dense (online)") if args.smoke else ARMS  # smoke: the path, not the figures
         rss = {arm: _subprocess_rss(args, arm) for arm in arms}
     mb = 2**20
-    print(f"{'step':<20} {'peak MB':>8} {'ratio':>6} {'unchunked MB':>13} {'RSS MB':>7} {'ratio':>6} "
+    print(f"{'step':<20} {'peak MiB':>8} {'ratio':>6} {'unchunked MiB':>13} {'RSS MiB':>7} {'ratio':>6} "
           f"{'median ms':>10} {'time ratio':>10}")  # fmt: skip
     for arm in ARMS:
         ratio = statistics.median(t / c for t, c in zip(times[arm], times["ce"], strict=True))
