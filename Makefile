@@ -20,6 +20,10 @@ $(VENV)/.run: pyproject.toml constraints.txt
 
 $(VENV)/.test: $(VENV)/.run
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,cloud,checks,trackers]"
+	@# the browser test of sdce serve drives Debian's chromium; best effort, it skips without it
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	    >/dev/null) || echo "chromium not installed: tests/test_serve.py's browser test will skip"; fi
 	touch $@
 
 setup: $(VENV)/.test

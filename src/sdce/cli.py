@@ -208,6 +208,20 @@ def cmd_minimal_pairs(args) -> None:
     print(f"minimal pairs: {sum(map(len, pairs.values()))} pairs in {len(pairs)} paradigms -> {args.out}")
 
 
+def _sampling_spec(args, prompts: list[str] | None = None) -> dict:
+    """The validated `generation` section: the schema's defaults, --params over them, the
+    sampling flags (`_sampling_flags`) over both."""
+    spec = _params(args, "properties/generation", "generation")
+    flags = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+             "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}  # fmt: skip
+    diffusion = {"steps": args.steps, "block_length": args.block_length, "remasking": args.remasking}
+    spec.update({k: v for k, v in flags.items() if v is not None})
+    spec["diffusion"].update({k: v for k, v in diffusion.items() if v is not None})
+    if prompts is not None:
+        spec["prompts"] = prompts
+    return cfg.validate(spec, "properties/generation", where="generation")
+
+
 def cmd_generate(args) -> None:
     """Sample from a trained model: the schema's `generation` section, --params over its
     defaults, the flags over both."""
@@ -215,15 +229,7 @@ def cmd_generate(args) -> None:
     from sdce.io import write_text
     from sdce.model import load_model
 
-    spec = _params(args, "properties/generation", "generation")
-    flags = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-             "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}  # fmt: skip
-    diffusion = {"steps": args.steps, "block_length": args.block_length, "remasking": args.remasking}
-    spec.update({k: v for k, v in flags.items() if v is not None})
-    spec["diffusion"].update({k: v for k, v in diffusion.items() if v is not None})
-    if args.prompt is not None:
-        spec["prompts"] = args.prompt
-    spec = cfg.validate(spec, "properties/generation", where="generation")
+    spec = _sampling_spec(args, args.prompt)
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"--model is not a saved model folder: {args.model}")
     torch_threads(args.threads)
@@ -240,6 +246,71 @@ def cmd_generate(args) -> None:
         )
 
 
+def _stdin_lines():
+    """The user's lines: with a prompt and line editing at a terminal, plain lines from a pipe."""
+    if not sys.stdin.isatty():
+        yield from sys.stdin
+        return
+    import readline  # noqa: F401  (input() gets line editing and history)
+
+    while True:
+        try:
+            yield input("> ")
+        except EOFError:
+            print()
+            return
+
+
+def cmd_chat(args) -> None:
+    """A conversation with a saved model in the terminal: each line a message, each reply
+    `sdce generate` on the conversation so far (sdce.serve)."""
+    from sdce.model import load_model
+    from sdce.serve import chat_loop, is_model_dir
+
+    spec = _sampling_spec(args)
+    if not is_model_dir(Path(args.model)):
+        raise FileNotFoundError(
+            f"--model is not a saved model folder (config.json and tokenizer): {args.model}"
+        )
+    if args.threads:
+        torch_threads(args.threads)
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the terminal is the conversation
+    model, tokenizer = load_model(args.model).eval(), AutoTokenizer.from_pretrained(args.model)
+    if sys.stdin.isatty():
+        print(f"sdce chat: {args.model} ({model.config.model_type}); /quit or Ctrl-D ends", file=sys.stderr)
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    def note(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    chat_loop(model, tokenizer, spec, _stdin_lines(), say, note)
+
+
+def cmd_serve(args) -> int:
+    """The chat page over a study's trained models (or one model folder)."""
+    from sdce.serve import NO_GRADIO, build_app, find_models
+
+    models = find_models(args.results)
+    spec = _sampling_spec(args)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        print(NO_GRADIO, file=sys.stderr)
+        return 2
+    if args.threads:
+        torch_threads(args.threads)
+    print(f"sdce serve: {len(models)} model(s) from {args.results}: {', '.join(models)}", flush=True)
+    build_app(models, spec).queue().launch(
+        server_name=args.host, server_port=args.port, share=args.share == "true", inbrowser=False
+    )
+    return 0
+
+
 def cmd_report(args) -> None:
     from sdce.report import build_report
 
@@ -254,6 +325,7 @@ def cmd_report(args) -> None:
         grid=json.loads(args.grid) if args.grid else None,
         benchmarks=args.benchmarks,
         sample_files=args.samples,
+        ppo_files=args.ppo,
     )
     print(finals.to_string(index=False))
 
@@ -308,6 +380,19 @@ def _stage_adder(sub):
     return add
 
 
+def _sampling_flags(sp) -> None:
+    """The `generation` section's flags (generate, chat, serve), read by `_sampling_spec`."""
+    sp.add_argument("--max-new-tokens", type=int)
+    sp.add_argument("--temperature", type=float, help="0 = greedy")
+    sp.add_argument("--top-k", type=int, help="0 = all tokens (causal models)")
+    sp.add_argument("--top-p", type=float, help="nucleus mass (causal models)")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--steps", type=int, help="denoising steps (masked diffusion)")
+    sp.add_argument("--block-length", type=int, help="semi-autoregressive block (masked diffusion)")
+    sp.add_argument("--remasking", choices=["low_confidence", "random"], help="(masked diffusion)")
+    sp.add_argument("--params", help="JSON of the generation section (schema defaults fill the rest)")
+
+
 def _user_commands(sub) -> None:
     """The commands a user runs: a study, its check, the configuration reference."""
     sp = sub.add_parser(
@@ -343,17 +428,36 @@ def _user_commands(sub) -> None:
     sp.set_defaults(fn=cmd_generate)
     sp.add_argument("--model", required=True, help="a saved model folder (its tokenizer beside it)")
     sp.add_argument("--prompt", action="append", help="a prompt (repeatable; default: the config's prompts)")
-    sp.add_argument("--max-new-tokens", type=int)
-    sp.add_argument("--temperature", type=float, help="0 = greedy")
-    sp.add_argument("--top-k", type=int, help="0 = all tokens (causal models)")
-    sp.add_argument("--top-p", type=float, help="nucleus mass (causal models)")
-    sp.add_argument("--seed", type=int)
-    sp.add_argument("--steps", type=int, help="denoising steps (masked diffusion)")
-    sp.add_argument("--block-length", type=int, help="semi-autoregressive block (masked diffusion)")
-    sp.add_argument("--remasking", choices=["low_confidence", "random"], help="(masked diffusion)")
-    sp.add_argument("--params", help="JSON of the generation section (schema defaults fill the rest)")
+    _sampling_flags(sp)
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", help="write the samples as jsonl here")
+
+    sp = sub.add_parser(
+        "chat",
+        help="talk to a trained model in the terminal",
+        description="A conversation with a saved model: each line from stdin is a message, each reply "
+        "is sdce generate on the conversation so far (docs/chat.md has the prompt format). The most "
+        "recent turns that fit the model's positions are kept. Ends at end of input or /quit.",
+    )
+    sp.set_defaults(fn=cmd_chat)
+    sp.add_argument("--model", required=True, help="a saved model folder (its tokenizer beside it)")
+    _sampling_flags(sp)
+    sp.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+
+    sp = sub.add_parser(
+        "serve",
+        help="a web chat page over a study's trained models (Gradio)",
+        description="Serve a chat page (Gradio's ChatInterface) with a picker over the trained models "
+        "under RESULTS (runs/<run>/<fold>/seed<N>/model), or over one model folder, and the sampling "
+        "controls, starting at the flags' values. Models load on first use. Needs the chat extra.",
+    )
+    sp.set_defaults(fn=cmd_serve)
+    sp.add_argument("results", metavar="RESULTS", help="a study's results folder, or a saved model folder")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=7860)
+    sp.add_argument("--share", choices=["true", "false"], default="false", help="a public gradio.live link")
+    _sampling_flags(sp)
+    sp.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
 
     sp = sub.add_parser("config-docs", help="print the configuration reference (config/README.md)")
     sp.set_defaults(fn=cmd_config_docs)
@@ -489,7 +593,51 @@ def _evaluation_stages(sub, add) -> None:
     sp.add_argument(
         "--samples", nargs="*", default=[], help="sdce generate outputs (<run>/<fold>/seedN.samples.jsonl)"
     )
+    sp.add_argument("--ppo", nargs="*", default=[], help="sdce ppo outputs (<run>/ppo_metrics.jsonl)")
     sp.add_argument("--out", required=True)
+
+
+def cmd_ppo(args) -> None:
+    """PPO post-training of a saved causal student (sdce.ppo): the `ppo` section from
+    --params, --reward/--reward-model over its reward; samples from --generation."""
+    from sdce.ppo import check_policy, corpus_prompts, run_ppo
+
+    check_policy(args.model)
+    spec = _params(args, "properties/ppo", "ppo")
+    spec["reward"].update({k: v for k, v in {"kind": args.reward, "path": args.reward_model}.items() if v})
+    spec = cfg.validate(spec, "properties/ppo", where="ppo")
+    try:
+        generation = cfg.validate(json.loads(args.generation or "{}"), "properties/generation", "generation")
+    except json.JSONDecodeError as e:
+        raise cfg.ConfigError(f"--generation is not valid JSON: {e.msg}") from None
+    prompts = spec["prompts"]
+    if prompts["source"] == "generation":
+        texts = generation["prompts"]
+    elif not args.documents:
+        raise ValueError("ppo.prompts.source is corpus: give --documents (the training documents, jsonl)")
+    else:
+        from sdce.data.corpus import read_documents
+
+        docs = [d["text"] for d in read_documents(args.documents)]
+        texts = corpus_prompts(docs, prompts["count"], prompts["words"])
+    torch_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a job log, not a terminal
+    summary = run_ppo(args.model, args.out, spec, spec["reward"], texts, generation)
+    print(json.dumps(summary))
+
+
+def _ppo_stage(sub, add) -> None:
+    """Post-training: PPO on a trained student."""
+    sp = add("ppo", cmd_ppo, "PPO post-training of a trained causal student (TRL's PPOTrainer)")
+    sp.add_argument("--model", required=True, help="the trained student's model folder")
+    sp.add_argument("--out", required=True, help="output folder: final/, ppo_metrics.jsonl, samples.jsonl")
+    sp.add_argument("--reward", choices=["grammar", "classifier", "judge"], help="over ppo.reward.kind")
+    sp.add_argument("--reward-model", help="the classifier's or judge's model folder (ppo.reward.path)")
+    sp.add_argument("--documents", help="training documents (jsonl) for ppo.prompts.source corpus")
+    sp.add_argument("--generation", help="JSON of the generation section (the before/after samples)")
+    sp.add_argument("--threads", type=int, default=1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -505,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _user_commands(sub)
     add = _stage_adder(sub)
-    for group in (_data_stages, _training_stages, _teacher_stages, _evaluation_stages):
+    for group in (_data_stages, _training_stages, _teacher_stages, _evaluation_stages, _ppo_stage):
         group(sub, add)
     return p
 

@@ -581,6 +581,7 @@ def build_report(
     grid: dict | None = None,
     benchmarks: str | None = None,
     sample_files: list[str] | None = None,
+    ppo_files: list[str] | None = None,
 ) -> pd.DataFrame:
     curves, finals = load_runs(summaries, eval_files)
     finals = attach_grid(finals, grid)
@@ -616,6 +617,7 @@ def build_report(
             + babylm_leaderboard(finals, tmp)
             + job_times(benchmarks, tmp)
             + samples_markdown(sample_files or [], tmp)
+            + ppo_markdown(ppo_files or [], tmp)
         )
         (tmp / "summary.md").write_text(text)
     return finals
@@ -641,6 +643,70 @@ def samples_markdown(files: list[str], out: Path) -> str:
     text = "\n".join(lines) + "\n"
     (out / "samples.md").write_text(text.lstrip("\n"), encoding="utf-8")
     return text
+
+
+PPO_PANELS = (("reward", "reward"), ("kl", "KL to the reference"), ("response_length", "response tokens"))
+
+
+def ppo_plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
+    """Reward, KL to the reference and response length over the PPO steps, a line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PPO_PANELS), figsize=(12, 3.6))
+    for ax, (column, label) in zip(axes, PPO_PANELS, strict=True):
+        for run, df in sorted(curves.items()):
+            if column in df and df[column].notna().any():
+                ax.plot(df.step, df[column], label=run, linewidth=1.3)
+        ax.set_xlabel("PPO step")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _ppo_window(values: pd.Series, last: bool) -> float:
+    """The mean over the first (or last) tenth of the steps, at least one: one step is noisy."""
+    n = max(1, len(values) // 10)
+    return float((values.iloc[-n:] if last else values.iloc[:n]).mean())
+
+
+def ppo_markdown(files: list[str], out: Path) -> str:
+    """The PPO section of summary.md (`sdce ppo` outputs: <run>/ppo_metrics.jsonl, with
+    samples.jsonl beside it) and ppo.png; "" without PPO runs."""
+    if not files:
+        return ""
+    curves = {Path(f).parent.name: pd.read_json(f, lines=True) for f in files}
+    ppo_plot(curves, out / "ppo.png")
+    lines = ["", "## PPO post-training", ""]
+    lines += [
+        "Each run's final model (first fold and seed) post-trained with TRL's PPO (`ppo`); reward, "
+        "KL and response tokens are means over the first and the last tenth of the steps. Plot: ppo.png.",
+        "",
+        "| run | steps | reward first | reward last | KL last | response tokens first | last |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run, df in sorted(curves.items()):
+        lengths = df.get("response_length", pd.Series(dtype=float)).dropna()
+        first, last = (f"{_ppo_window(lengths, x):.1f}" if len(lengths) else "-" for x in (False, True))
+        lines.append(
+            f"| {run} | {len(df)} | {_ppo_window(df.reward, False):.4f} | {_ppo_window(df.reward, True):.4f} "
+            f"| {_ppo_window(df.kl, True):.3f} | {first} | {last} |"
+        )
+    for f in sorted(files):
+        samples = Path(f).with_name("samples.jsonl")
+        if not samples.is_file():
+            continue
+        records = [json.loads(x) for x in samples.read_text(encoding="utf-8").splitlines()]
+        lines += ["", f"**{Path(f).parent.name}**, the same prompts and seed before and after (reward):", ""]
+        for r in records:
+            text = f"**{r['prompt'] or '(document start)'}** {' '.join(r['completion'].split())}"
+            lines.append(f"* {r['stage']} ({r['reward']:.3f}): {text}")
+    return "\n".join(lines) + "\n"
 
 
 BEGIN, END = "<!-- headline: written by `make readme-table` from the report -->", "<!-- /headline -->"

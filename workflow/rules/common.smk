@@ -6,6 +6,7 @@ from urllib.parse import urlparse
 
 from sdce import objectives as sdce_objectives
 from sdce import plan as sdce_plan
+from sdce import ppo as sdce_ppo
 
 RESULTS = f"{config['results_dir']}/{config['experiment']}"
 LOGS = f"{RESULTS}/logs"
@@ -273,3 +274,34 @@ def train_checkpoint_uri(wildcards):
     if not CHECKPOINT_ROOT:
         return "none"
     return f"{CHECKPOINT_ROOT}/{config['experiment']}/{wildcards.run}/{wildcards.fold}/seed{wildcards.seed}"
+
+
+# PPO post-training (workflow/rules/ppo.smk): the runs that get it, its slice and inputs
+PPO_RUNS = sdce_ppo.select_runs(config["ppo"], RUNS) if config["ppo"]["enabled"] else []
+
+
+def ppo_json():
+    """The ppo slice a job uses: which runs get one is the DAG's, not the job's."""
+    spec = {k: v for k, v in config["ppo"].items() if k not in ("enabled", "runs")}
+    return json.dumps(spec, sort_keys=True)
+
+
+def ppo_inputs(wildcards):
+    """The run's final model (first fold and seed) and, for corpus prompts, its training
+    documents."""
+    inputs = {
+        "model": f"{RESULTS}/runs/{wildcards.run}/{FOLDS[0]}/seed{SEEDS[0]}/model"
+    }
+    if config["ppo"]["prompts"]["source"] == "corpus":
+        part = sdce_plan.data_part(config, wildcards.run, FOLDS[0])
+        inputs["documents"] = f"{RESULTS}/data/{part}/train.jsonl"
+    return inputs
+
+
+def ppo_documents_arg(wildcards, input):
+    return f"--documents {input.documents}" if "documents" in input.keys() else ""
+
+
+def ppo_outputs(name):
+    """The report's PPO inputs: `name` of every PPO run ([] with ppo.enabled false)."""
+    return expand(f"{RESULTS}/ppo/{{run}}/{name}", run=PPO_RUNS)

@@ -7,6 +7,9 @@ rule report:
         samples=sample_runs(
             f"{RESULTS}/eval/{{run}}/{{fold}}/seed{{seed}}.samples.jsonl"
         ),
+        # PPO post-training (ppo.enabled, workflow/rules/ppo.smk); samples read beside metrics
+        ppo_metrics=ppo_outputs("ppo_metrics.jsonl"),
+        ppo_samples=ppo_outputs("samples.jsonl"),
     output:
         # `snakemake --report report.html` shows the plots and tables with these captions
         report=report(
@@ -30,5 +33,5 @@ rule report:
     shell:
         "sdce report --params {params.spec:q} --summaries {input.summaries} --evals {input.evals}"
         " --milestones {input.milestones} --baseline {params.baseline} --grid {params.grid:q}"
-        " --benchmarks {params.benchmarks} --samples {input.samples}"
+        " --benchmarks {params.benchmarks} --samples {input.samples} --ppo {input.ppo_metrics}"
         " --out {output.report} > {log} 2>&1"

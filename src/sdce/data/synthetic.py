@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import tempfile
 from bisect import bisect
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ __all__ = [
     "Verb",
     "generate_documents",
     "generate_minimal_pairs",
+    "grammar_errors",
+    "grammaticality",
     "write_minimal_pairs",
 ]
 
@@ -1008,3 +1011,144 @@ def write_minimal_pairs(folder: str | Path, pairs: dict[str, list[dict]]) -> Non
             except FileNotFoundError:
                 pass
             raise
+
+
+# --------------------------------------------------------------------------------------------
+# Checking
+# --------------------------------------------------------------------------------------------
+
+# A left-to-right check of the grammar's agreement rules over the lexicon's categories (no
+# parser: every construction the grammar emits is recognised from the word categories alone).
+# It is the `grammar` reward of PPO post-training (`sdce.rewards`), so it must be cheap.
+
+_DET_NUMBER = {"the": None, "a": "sg", "an": "sg", "every": "sg", "each": "sg", "some": "pl", "many": "pl"}
+_DET_NUMBER.update({"several": "pl", "two": "pl", "three": "pl", **DEMONSTRATIVES})
+_AUX_NUMBER = {"does": "sg", "do": "pl", "did": None, "is": "sg", "are": "pl", "was": "sg", "were": "pl"}
+_NP_INFO = {n.singular: ("sg", n.gender, n.kind) for n in LEXICON.nouns}
+_NP_INFO.update({n.plural: ("pl", n.gender, n.kind) for n in LEXICON.nouns})
+_COMMON_NOUNS = frozenset(_NP_INFO)
+_NP_INFO.update({name.lower(): ("sg", g, "h") for name, g in LEXICON.names.items()})
+_NP_INFO.update({"he": ("sg", "m", "h"), "she": ("sg", "f", "h"), "it": ("sg", "n", "i")})
+_NP_INFO["they"] = ("pl", "n", "h")
+_BE_FORMS = {"is", "are", "was", "were"}
+_VERB_FORMS = frozenset(f for v in LEXICON.verbs for f in (v.base, v.s3, v.past)) | _BE_FORMS
+_SAY_FORMS = frozenset(f for v in LEXICON.say_verbs for f in (v.base, v.s3, v.past))
+_PREPOSITIONS = frozenset(LEXICON.modifier_prepositions + LEXICON.locative_prepositions)
+_REFLEXIVES = {PRONOUNS[k][3] for k in PRONOUNS}
+_BOUNDARIES = {",", "and", "but", "because", "when", "while", "after", "before"}
+_ADVERB_NOUNS = {a.split()[-1] for a in _PRESENT_ADVERBS + _PAST_ADVERBS if " the " in f" {a} "}
+
+
+def _reflexive_ok(word: str, antecedent) -> bool:
+    number, gender, kind = antecedent
+    if number == "pl":
+        return word == "themselves"
+    if kind != "h":
+        return word == "itself"
+    if gender in ("m", "f"):
+        return word == {"m": "himself", "f": "herself"}[gender]
+    return word in ("himself", "herself")  # a human noun of either gender
+
+
+def _local_checks(words: list[str], complete: bool) -> list[bool]:
+    """Vocabulary, a/an, and determiner-noun agreement: each determiner heads [adjectives] noun."""
+    out = [w in _VOCABULARY for w in words if w != ","]
+    for i, w in enumerate(words[:-1]):
+        prev = words[i - 1] if i else ""
+        if w not in _DET_NUMBER or (w == "that" and (prev in _COMMON_NOUNS or prev in _SAY_FORMS)):
+            continue  # "that" after a noun opens a relative clause, after a verb of saying a complement
+        if w in ("a", "an"):
+            out.append(_article(words[i + 1]) == w)
+        j = i + 1
+        while j < len(words) and words[j] in LEXICON.adjectives:
+            j += 1
+        head = words[j] if j < len(words) else None
+        if (head is None and not complete) or (w == "the" and head in _ADVERB_NOUNS):
+            continue  # cut off before its noun, or "in the morning"
+        head = head if head in _COMMON_NOUNS else None
+        out.append(head is not None and _DET_NUMBER[w] in (None, _NP_INFO[head][0]))
+    return out
+
+
+def _question_checks(words: list[str]) -> list[bool]:
+    """Subject-wh questions take a singular verb; the others agree the auxiliary with the subject."""
+    if words[0] == "who" and words[1:] and words[1] not in _AUX_NUMBER:
+        return [words[1] in _VERB_FORMS and _VERB_NUMBER.get(words[1]) in (None, "sg")]
+    if words[0] in ("who", "what"):
+        words = words[1:]
+    subject = next((_NP_INFO[w] for w in words[1:] if w in _NP_INFO), None)
+    if not words or words[0] not in _AUX_NUMBER or subject is None:
+        return [False] if words and subject is None else []
+    return [_AUX_NUMBER[words[0]] in (None, subject[0])]
+
+
+def _clause_checks(words: list[str], complete: bool) -> list[bool]:
+    """Subject-verb agreement across PP and relative-clause distractors, conjoined subjects and
+    reflexives, walking the words once: `subject` awaits its verb, `outer` holds the subjects
+    of the clauses a relative clause interrupts."""
+    out: list[bool] = []
+    subject, outer, last_np, agent = None, [], None, None
+    expect_subject, in_pp, conjoin = True, False, False
+    for i, w in enumerate(words):
+        prev, nxt = (words[i - 1] if i else ""), (words[i + 1] if i + 1 < len(words) else "")
+        if w in _NP_INFO and not (w == "it" and not expect_subject):
+            if in_pp:  # a PP's object: an agreement distractor, never a subject
+                in_pp = False
+            elif conjoin:
+                subject, conjoin = ("pl", "n", "h"), False
+            elif expect_subject and subject is None:
+                subject = _NP_INFO[w]
+            last_np = _NP_INFO[w]
+        elif w in _PREPOSITIONS:
+            in_pp = True
+        elif w in ("who", "that") and prev in _COMMON_NOUNS:  # a relative clause on the last noun
+            outer.append(subject)
+            subject, expect_subject = (last_np, False) if nxt in _VERB_FORMS else (None, True)
+        elif w in _VERB_FORMS:
+            out.append(subject is not None and _VERB_NUMBER.get(w) in (None, subject[0]))
+            agent, subject = subject, (outer.pop() if outer else None)
+            expect_subject = False
+        elif w in _REFLEXIVES:
+            out.append(prev in _VERB_FORMS and agent is not None and _reflexive_ok(w, agent))
+        elif w in _BOUNDARIES or (w == "that" and prev in _SAY_FORMS):
+            if w == "and" and subject is not None and expect_subject and not outer:
+                conjoin = True  # "John and Mary like ..."
+                continue
+            if subject is not None or outer:
+                out.append(False)  # a clause whose subject never got its verb
+            subject, outer, expect_subject, in_pp, conjoin = None, [], True, False, False
+    if complete:
+        out.append(subject is None and not outer)
+    return out
+
+
+def grammar_errors(sentence: str, ended: bool = False) -> tuple[int, int]:
+    """(checks, errors) of one sentence under the embedded grammar's rules: every word in the
+    lexicon, a/an, determiner-noun, subject-verb (across PP and relative-clause distractors,
+    with conjoined subjects, in questions), reflexive-antecedent agreement, and each clause's
+    subject getting a verb. A sentence without final punctuation is cut off and is not
+    penalised for what it has not said yet, unless the text `ended` there (then the missing
+    punctuation is an error and the sentence is checked as complete)."""
+    text = sentence.strip()
+    words = re.findall(r"[a-z]+|,", text.lower())
+    if not words:
+        return 0, 0
+    terminated = text[-1] in ".?!"
+    results = _local_checks(words, terminated or ended) + ([terminated] if ended else [])
+    if text.endswith("?") or words[0] in _AUX_NUMBER or words[0] in ("who", "what"):
+        results += _question_checks([w for w in words if w != ","])
+    else:
+        results += _clause_checks(words, complete=terminated or ended)
+    return len(results), results.count(False)
+
+
+def grammaticality(text: str, ended: bool = False) -> float:
+    """The fraction of the checks of :func:`grammar_errors` that the sentences of `text`
+    pass (0 for a text with nothing to check); `ended`: the text ends there (a document's
+    end), so its last sentence must be complete."""
+    checks = errors = 0
+    sentences = [x for x in re.split(r"(?<=[.?!])\s+", text) if x.strip()]
+    for i, sentence in enumerate(sentences):
+        c, e = grammar_errors(sentence, ended=ended and i == len(sentences) - 1)
+        checks, errors = checks + c, errors + e
+    return (checks - errors) / checks if checks else 0.0
