@@ -44,6 +44,8 @@ def test_grammar_reward_passes_the_corpus_and_fails_scrambled_or_unfinished_text
     assert grammaticality("The old cats that") == 1.0  # cut off: nothing wrong yet
     assert grammaticality("The old cats that", ended=True) < 1.0  # but a document cannot end there
     assert grammaticality("Thecat sle eps") == 0.0 and grammaticality("") == 0.0
+    assert grammaticality("Does the boy like cats?") == 1.0 > grammaticality("Does the boy likes cats?")
+    assert grammaticality("Is a letter old?") == 1.0 > grammaticality("Is a letter was in the house.")
 
 
 # ---- a tiny student ----------------------------------------------------------------------------

@@ -233,7 +233,7 @@ def run_ppo(policy_path, out_dir, spec: dict, reward: dict, prompts: list[str], 
     check_spec(spec)
     check_policy(policy_path)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # jobs have no network to report to
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # known: the pin in pyproject holds it
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # its API is pinned in pyproject
     from transformers import AutoTokenizer
     from trl.experimental.ppo import PPOTrainer
 

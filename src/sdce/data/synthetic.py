@@ -1031,6 +1031,7 @@ _NP_INFO.update({name.lower(): ("sg", g, "h") for name, g in LEXICON.names.items
 _NP_INFO.update({"he": ("sg", "m", "h"), "she": ("sg", "f", "h"), "it": ("sg", "n", "i")})
 _NP_INFO["they"] = ("pl", "n", "h")
 _BE_FORMS = {"is", "are", "was", "were"}
+_BARE_FORMS = frozenset(v.base for v in LEXICON.verbs)
 _VERB_FORMS = frozenset(f for v in LEXICON.verbs for f in (v.base, v.s3, v.past)) | _BE_FORMS
 _SAY_FORMS = frozenset(f for v in LEXICON.say_verbs for f in (v.base, v.s3, v.past))
 _PREPOSITIONS = frozenset(LEXICON.modifier_prepositions + LEXICON.locative_prepositions)
@@ -1070,16 +1071,19 @@ def _local_checks(words: list[str], complete: bool) -> list[bool]:
     return out
 
 
-def _question_checks(words: list[str]) -> list[bool]:
-    """Subject-wh questions take a singular verb; the others agree the auxiliary with the subject."""
+def _question_checks(words: list[str], complete: bool) -> list[bool]:
+    """Subject-wh questions take a singular verb; the others agree the auxiliary with the
+    subject, after which a verb can only be the bare form of do-support."""
     if words[0] == "who" and words[1:] and words[1] not in _AUX_NUMBER:
         return [words[1] in _VERB_FORMS and _VERB_NUMBER.get(words[1]) in (None, "sg")]
     if words[0] in ("who", "what"):
         words = words[1:]
-    subject = next((_NP_INFO[w] for w in words[1:] if w in _NP_INFO), None)
-    if not words or words[0] not in _AUX_NUMBER or subject is None:
-        return [False] if words and subject is None else []
-    return [_AUX_NUMBER[words[0]] in (None, subject[0])]
+    at = next((i for i, w in enumerate(words) if i and w in _NP_INFO), None)
+    if not words or words[0] not in _AUX_NUMBER or at is None:
+        return [False] if complete else []  # no auxiliary, or no subject after it
+    out = [_AUX_NUMBER[words[0]] in (None, _NP_INFO[words[at]][0])]
+    do = words[0] in ("do", "does", "did")
+    return out + [do and w in _BARE_FORMS for w in words[at + 1 :] if w in _VERB_FORMS]
 
 
 def _clause_checks(words: list[str], complete: bool) -> list[bool]:
@@ -1136,7 +1140,8 @@ def grammar_errors(sentence: str, ended: bool = False) -> tuple[int, int]:
     terminated = text[-1] in ".?!"
     results = _local_checks(words, terminated or ended) + ([terminated] if ended else [])
     if text.endswith("?") or words[0] in _AUX_NUMBER or words[0] in ("who", "what"):
-        results += _question_checks([w for w in words if w != ","])
+        results += _question_checks([w for w in words if w != ","], terminated or ended)
+        results += [text[-1] == "?"] if terminated else []
     else:
         results += _clause_checks(words, complete=terminated or ended)
     return len(results), results.count(False)
