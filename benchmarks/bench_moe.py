@@ -22,20 +22,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import machine_line, synthetic_shard
 
 from sdce import config as cfg
 from sdce import objectives
 from sdce.data.batches import global_offsets, windows
-from sdce.data.shards import encode_documents, load_shard
-from sdce.data.synthetic import generate_documents
-from sdce.data.tokenizer import load, train_bpe
+from sdce.data.tokenizer import load
 from sdce.model import build_model, count_parameters
 
 
@@ -69,16 +67,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-        f"torch {torch.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
-    )
+    print(machine_line())
     tmp = Path(tempfile.mkdtemp())
-    docs = [{"text": t, "source": "synthetic"} for t in generate_documents(args.documents, seed=0)]
-    tok = train_bpe((d["text"] for d in docs), 2000, 2)
-    tok.save_pretrained(str(tmp / "tok"))
-    encode_documents(tok, docs, tmp / "train.bin", tmp / "tok")
-    data, _ = load_shard(tmp / "train.bin")
+    tok, data = synthetic_shard(args.documents, tmp)
     tok = load(tmp / "tok")
 
     size = {"n_layer": args.n_layer, "n_embd": args.n_embd, "n_head": args.n_head}

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import machine_line
 
 from sdce import config as cfg
 from sdce import objectives
@@ -57,10 +57,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-        f"torch {torch.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
-    )
+    print(machine_line())
     tmp = Path(tempfile.mkdtemp())
     docs = [{"text": t, "source": "synthetic"} for t in generate_documents(args.documents, seed=0)]
     student_tok = train_bpe((d["text"] for d in docs), 2000, 2)

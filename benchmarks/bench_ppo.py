@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 from pathlib import Path
 
 import torch
+from common import machine_line
 
 from sdce import config as cfg
 from sdce.data.corpus import build_corpus, read_documents, write_documents
@@ -72,10 +72,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-        f"torch {torch.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
-    )
+    print(machine_line())
     root = Path(tempfile.mkdtemp())
     model = student(root)
     spec = cfg.validate(

@@ -46,10 +46,9 @@ def _gpt2_config(spec: dict, vocab_size: int, positions: int, bos_id: int, eos_i
     )
 
 
-def _llama_config(spec: dict, vocab_size: int, positions: int, bos_id: int, eos_id: int):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
+def _llama_keys(spec: dict, vocab_size: int, positions: int, bos_id: int, eos_id: int) -> dict:
+    """The `model` section in the Llama family's config names (Llama and Mixtral)."""
+    return dict(
         vocab_size=vocab_size,
         hidden_size=spec["n_embd"],
         intermediate_size=_inner(spec),
@@ -62,6 +61,12 @@ def _llama_config(spec: dict, vocab_size: int, positions: int, bos_id: int, eos_
         bos_token_id=bos_id,
         eos_token_id=eos_id,
     )
+
+
+def _llama_config(spec: dict, vocab_size: int, positions: int, bos_id: int, eos_id: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**_llama_keys(spec, vocab_size, positions, bos_id, eos_id))
 
 
 def _modernbert_config(spec: dict, vocab_size: int, positions: int, bos_id: int, eos_id: int):
@@ -104,21 +109,11 @@ def _mixtral_config(spec: dict, vocab_size: int, positions: int, bos_id: int, eo
 
     moe = spec["moe"]
     return MixtralConfig(
-        vocab_size=vocab_size,
-        hidden_size=spec["n_embd"],
-        intermediate_size=_inner(spec),
-        num_hidden_layers=spec["n_layer"],
-        num_attention_heads=spec["n_head"],
-        num_key_value_heads=spec["n_head"],
-        max_position_embeddings=positions,
-        attention_dropout=spec["dropout"],
+        **_llama_keys(spec, vocab_size, positions, bos_id, eos_id),
         num_local_experts=moe["n_experts"],
         num_experts_per_tok=moe["experts_per_token"],
         router_aux_loss_coef=moe["router_aux_weight"],
         output_router_logits=True,
-        tie_word_embeddings=True,
-        bos_token_id=bos_id,
-        eos_token_id=eos_id,
     )
 
 
