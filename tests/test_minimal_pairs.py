@@ -69,13 +69,7 @@ def make_model(tokenizer, seed: int = 0, n_positions: int = 256) -> GPT2LMHeadMo
     return model.eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: intra-op threads only add synchronisation (pathological on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
