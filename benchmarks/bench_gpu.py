@@ -32,7 +32,9 @@ import time
 
 import torch
 
+from sdce import config as cfg
 from sdce import flops, objectives
+from sdce.model import build_config
 from sdce.teachers.bigram import BigramTeacher
 from sdce.teachers.signal import GuidanceSignal
 from sdce.teachers.uniform import UniformTeacher
@@ -104,20 +106,12 @@ def bigram_table(vocab: int, k: int, generator: torch.Generator, device) -> Bigr
 
 
 def build_student(shape: dict, seed: int, device):
-    from transformers import AutoModelForCausalLM, GPT2Config
+    """GPT-2 as sdce builds a student (`sdce.model.build_config`), dropout off, SDPA."""
+    from transformers import AutoModelForCausalLM
 
-    config = GPT2Config(
-        vocab_size=shape["vocab"],
-        n_positions=shape["block"],
-        n_embd=shape["n_embd"],
-        n_layer=shape["n_layer"],
-        n_head=shape["n_head"],
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=shape["vocab"] - 1,
-        eos_token_id=shape["vocab"] - 1,
-    )
+    spec = cfg.validate({k: shape[k] for k in ("n_layer", "n_embd", "n_head")}, "model")
+    eos = shape["vocab"] - 1
+    config = build_config(spec, shape["vocab"], shape["block"], eos, eos)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to(device)
 

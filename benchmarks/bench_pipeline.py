@@ -51,7 +51,7 @@ def _library_encode(tok, docs: list[dict], batch_docs: int = 4096) -> int:
     return n
 
 
-def _count(tokens: np.ndarray, vocab: int, label: str) -> None:
+def _count(tokens: np.ndarray, vocab: int, label: str):
     t0 = time.perf_counter()
     counts = bigram.count_bigrams(tokens, vocab)
     dt = time.perf_counter() - t0
@@ -59,6 +59,7 @@ def _count(tokens: np.ndarray, vocab: int, label: str) -> None:
         f"bigram count ({label}, V={vocab:,}): {len(tokens):,} tokens in {dt:.2f}s = "
         f"{len(tokens) / dt / 1e6:,.1f}M tokens/s ({counts.nnz:,} distinct bigrams)"
     )
+    return counts
 
 
 def main() -> None:
@@ -107,14 +108,13 @@ def main() -> None:
     del train, val
 
     data, _ = load_shard(tmp / "train.bin")
-    _count(data, len(tok), "the run's BPE")
+    counts = _count(data, len(tok), "the run's BPE")
     rng = np.random.default_rng(0)  # GPT-2's vocabulary: the same shard's ids spread over 50,257 types
     spread = ((data.astype(np.uint32) * 25 + rng.integers(0, 25, data.size, dtype=np.uint32)) % 50257).astype(
         np.uint16
     )
     _count(spread, 50257, "ids spread")
     del spread
-    counts = bigram.count_bigrams(data, len(tok))
     t0 = time.perf_counter()
     table = bigram.topk_table(counts, 128, 0.0)
     print(f"top-128 table in {time.perf_counter() - t0:.2f}s; peak memory so far {_rss_gib():.1f} GiB")
