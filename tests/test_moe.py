@@ -298,6 +298,45 @@ def test_a_process_without_sdce_loads_it_with_trust_remote_code(saved, tmp_path)
     assert got["generated"] == model.generate(ids, max_new_tokens=6, do_sample=False)[0].tolist()
 
 
+TEACHER = """
+import json, sys, torch
+from sdce import config as cfg
+from sdce.data.tokenizer import load
+from sdce.teachers.lm import LMTeacher, describe_teacher
+folder, student_tok, out, ids = sys.argv[1:5]
+descriptor = describe_teacher(cfg.validate({}, "teacher"), "moep", folder, student_tok, out)
+spec = {"top_k": 4, "probability_threshold": 0.0, "temperature": 2.0}
+teacher = LMTeacher.from_descriptor(out, load(student_tok), spec)
+sig = teacher.signal(torch.tensor(json.loads(ids)))
+print(json.dumps({"class": type(teacher.model).__name__, "identity": teacher.identity,
+                  "shape": descriptor["flops"]["shape"], "ids": sig.ids.tolist(),
+                  "probs": sig.probs.tolist(), "rest": sig.rest.tolist()}))
+"""
+
+
+def test_a_saved_moep_is_an_lm_teacher_without_remote_code(saved, tiny_data, tmp_path):
+    """`sdce teacher` and an online teacher in a fresh process (nothing imported sdce.moep
+    before, trust_remote_code off): the descriptor with MoE-P's FLOP shape, and a top-4
+    signal at temperature 2 equal to the saved model's own softmax."""
+    from sdce import flops
+
+    model, tok, out = saved
+    ids, _ = _ids(tok, TEXTS[:1])
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-c", TEACHER, str(out), str(tiny_data / "tokenizer"), str(tmp_path / "t.json")]
+    proc = subprocess.run([*cmd, json.dumps(ids.tolist())], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["class"] == "MoEPForCausalLM" and got["identity"]  # the student's tokenizer: no realignment
+    assert got["shape"] == flops.shape_dict(flops.of_config(model.config))
+    with torch.no_grad():
+        q = torch.softmax(model(input_ids=ids).logits / 2.0, dim=-1)
+    top_q, top_i = q.topk(4, dim=-1)
+    assert torch.equal(torch.tensor(got["ids"]), top_i)
+    torch.testing.assert_close(torch.tensor(got["probs"]), top_q, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor(got["rest"]), 1 - top_q.sum(-1), atol=1e-5, rtol=1e-5)
+
+
 def test_generation_with_the_kv_cache_equals_recomputing(saved):
     model, tok, _ = saved
     ids, _ = _ids(tok, TEXTS[:1])

@@ -2,8 +2,9 @@
 
 A teacher is any model `AutoModelForCausalLM` loads (a folder, a LoRA adapter folder
 written by `sdce train`, or a name already in the local Hugging Face cache) with its
-tokenizer beside it. `sdce teacher` checks it against the student tokenizer and writes a
-small descriptor (`teacher.json`); training (`teacher_source: online`) and the cache
+tokenizer beside it; a saved MoE-P student (`sdce.moep`) loads without remote code, as
+students do. `sdce teacher` checks it against the student tokenizer and writes a small
+descriptor (`teacher.json`); training (`teacher_source: online`) and the cache
 (`sdce cache-teacher`) load the teacher from that descriptor.
 
 The signal at student position i (the student predicts token i+1) comes from
@@ -84,6 +85,8 @@ def load_teacher_lm(path: str | Path, *, dtype: str = "float32", trust_remote_co
     into its base model."""
     from transformers import AutoModelForCausalLM
 
+    import sdce.moep  # noqa: F401  (registers model_type moep: a saved MoE-P loads as a student does)
+
     kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     base = _adapter_base(path)
     try:
@@ -106,6 +109,8 @@ def load_teacher_lm(path: str | Path, *, dtype: str = "float32", trust_remote_co
 
 def _model_config(path: str | Path, trust_remote_code: bool):
     from transformers import AutoConfig
+
+    import sdce.moep  # noqa: F401  (registers model_type moep with AutoConfig)
 
     return AutoConfig.from_pretrained(_adapter_base(path) or str(path), trust_remote_code=trust_remote_code)
 
