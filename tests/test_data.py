@@ -7,8 +7,9 @@ import pytest
 import scipy.sparse as sp
 
 from sdce.data import corpus as corpus_mod
+from sdce.data import shards
 from sdce.data.corpus import CorpusError, load_corpus
-from sdce.data.shards import dtype_for, encode_documents, load_shard
+from sdce.data.shards import dtype_for, encode_documents, load_shard, source_ranges
 from sdce.data.split import SplitError, split_documents
 from sdce.data.tokenizer import TokenizerError, build_tokenizer, load
 from sdce.teachers.bigram import count_bigrams
@@ -183,7 +184,48 @@ def test_shard_is_each_document_encoded_then_eos(tmp_path, tiny_data):
     ]
     data, _ = load_shard(tmp_path / "x.bin")
     assert data.tolist() == expected and meta["tokens"] == len(expected)
-    assert meta["sources"]["b"] == {"documents": 3, "words": 0, "tokens": 3}
+    # a b a a b a a b a: b's three documents are ranges of their own, each one eos long
+    starts = np.cumsum(
+        [0, *(len(tok(d["text"], add_special_tokens=False)["input_ids"]) + 1 for d in docs * 3)]
+    )
+    b_ranges = [[int(starts[i]), int(starts[i] + 1)] for i in (1, 4, 7)]
+    assert meta["sources"]["b"] == {"documents": 3, "words": 0, "tokens": 3, "ranges": b_ranges}
+
+
+def test_shard_sidecar_lists_each_sources_token_ranges(tmp_path, tiny_data, monkeypatch):
+    """A coherent split of a multi-source corpus: each source's range holds exactly its own
+    documents' tokens, and the ranges tile the shard; a source interleaved with another gets
+    one range per stretch; past MAX_SOURCE_RANGES stretches the sidecar lists none."""
+    tok = load(tiny_data / "tokenizer")
+
+    def ids(d):  # as the shard writer encodes a document
+        return tok(d["text"], add_special_tokens=False)["input_ids"]
+
+    words = {"childes": "the cat sees the dog", "wiki": "a house is near the old tree", "qed": "they run"}
+    docs = [{"text": f"{w} {i}", "source": s} for s, w in words.items() for i in range(7)]
+    _, val = split_documents(docs, {**SPLIT, "validation_fraction": 0.3})
+    meta = encode_documents(tok, val, tmp_path / "v.bin", tiny_data / "tokenizer", batch_docs=3)
+    data, _ = load_shard(tmp_path / "v.bin")
+    ranges = source_ranges(meta)
+    assert list(ranges) == ["childes", "qed", "wiki"]  # the split's order, one range each
+    tiles = sorted(r for v in ranges.values() for r in v)
+    assert tiles[0][0] == 0 and tiles[-1][1] == meta["tokens"]
+    assert all(a[1] == b[0] for a, b in zip(tiles, tiles[1:], strict=False))
+    for name, [(start, end)] in ranges.items():
+        own = [i for d in val if d["source"] == name for i in [*ids(d), tok.eos_token_id]]
+        assert data[start:end].tolist() == own and meta["sources"][name]["tokens"] == end - start
+
+    mixed = [val[0], val[-1], val[1]]  # childes, wiki, childes
+    meta = encode_documents(tok, mixed, tmp_path / "m.bin", tiny_data / "tokenizer")
+    n = [len(ids(d)) + 1 for d in mixed]
+    assert source_ranges(meta) == {
+        "childes": [(0, n[0]), (n[0] + n[1], sum(n))],
+        "wiki": [(n[0], n[0] + n[1])],
+    }
+    monkeypatch.setattr(shards, "MAX_SOURCE_RANGES", 2)
+    meta = encode_documents(tok, mixed, tmp_path / "m.bin", tiny_data / "tokenizer")
+    assert "ranges" not in meta["sources"]["wiki"] and source_ranges(meta) is None
+    assert source_ranges({"sources": {}}) is None  # a sidecar written before sources had ranges
 
 
 def test_cli_errors_are_one_line(tmp_path, run_sdce):

@@ -346,6 +346,56 @@ def fold_tables(finals: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def source_losses(finals: pd.DataFrame, eval_files: list[str], baseline: str) -> str:
+    """Per run, each source's validation loss (the evaluation job's `val_loss_by_source`:
+    the validation windows grouped by the source their start falls in), mean over
+    replicates, and its mean difference from the baseline of the same replicate (fold,
+    seed); "" when no evaluation has per-source losses, one line when the validation set
+    has one source."""
+    by_replicate, tokens = {}, {}
+    for f in eval_files:
+        e = read_json(f)
+        if e.get("val_loss_by_source"):
+            by_replicate[_replicate(e)] = e["val_loss_by_source"]
+            tokens = tokens or e.get("val_tokens_by_source", {})
+    if not by_replicate:
+        return ""
+    sources = list(dict.fromkeys(s for losses in by_replicate.values() for s in losses))
+    if len(sources) == 1:
+        return f"\n## Validation loss by source\n\nThe validation set has one source (`{sources[0]}`).\n"
+    lines = [
+        "",
+        "## Validation loss by source",
+        "",
+        "Each source's validation loss (the final evaluation's windows, each counted for the source "
+        "its first token falls in), mean over replicates; in brackets the mean difference from the "
+        "baseline of the same replicate (run - baseline; negative: guidance helps on that source). "
+        "Tokens scored: " + ", ".join(f"{s} {tokens[s]:,}" for s in sources if s in tokens) + ".",
+        "",
+        "| run | " + " | ".join(sources) + " |",
+        "|---|" + "---|" * len(sources),
+    ]
+    for run, g in finals.groupby("run", sort=False):
+        base = baseline_rows(finals, g.iloc[0], baseline)
+        guided = (g.base != baseline).all() and comparable(g.iloc[0], base)
+        cells = []
+        for source in sources:
+            mine, diffs = [], []
+            for _, r in g.iterrows():
+                value = by_replicate.get((run, r.fold, r.seed), {}).get(source)
+                if value is None:
+                    continue
+                mine.append(value)
+                ref = base[(base.fold == r.fold) & (base.seed == r.seed)]
+                ref = by_replicate.get((ref.run.iloc[0], r.fold, r.seed), {}) if len(ref) else {}
+                if guided and source in ref:
+                    diffs.append(value - ref[source])
+            cell = "-" if not mine else ("≤ " if g.measure.iloc[0] in BOUNDS else "") + f"{np.mean(mine):.4f}"
+            cells.append(cell + (f" ({np.mean(diffs):+.4f})" if diffs else ""))
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def fold_plot(curves: pd.DataFrame, finals: pd.DataFrame, baseline: str, path: Path) -> list[str]:
     """With k folds: per run, the validation curve of each fold (mean across seeds) and
     the mean ± std across folds."""
@@ -614,6 +664,7 @@ def build_report(
             + comparisons_markdown(table)
             + axis_tables(finals)
             + fold_tables(finals)
+            + source_losses(finals, eval_files, baseline)
             + babylm_leaderboard(finals, tmp)
             + job_times(benchmarks, tmp)
             + samples_markdown(sample_files or [], tmp)

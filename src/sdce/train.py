@@ -32,7 +32,7 @@ from sdce import backends, config, flops, objectives
 from sdce import checkpoint as ckpt
 from sdce.backends import TrainingError
 from sdce.data import batches
-from sdce.data.shards import load_shard
+from sdce.data.shards import load_shard, source_ranges
 from sdce.evaluation import validation
 from sdce.io import atomic_dir, file_hash, write_json, write_text
 from sdce.job import Job
@@ -77,7 +77,8 @@ class Trainer:
         self.objective = objectives.of(self.guidance)
         self.tokenizer = self.objective.tokenizer(load_tokenizer(job.inputs.tokenizer))
         self.train_data, train_meta = load_shard(job.inputs.train_shard)
-        self.val_data, _ = load_shard(job.inputs.val_shard)
+        self.val_data, val_meta = load_shard(job.inputs.val_shard)
+        self.val_sources = source_ranges(val_meta)  # per-source validation losses when listed
         self.block = self.spec["block_size"]
         self.sampler = self.objective.sampler(self.train_data, self.block, self.tokenizer.eos_token_id)
         self.micro, self.accum = micro_batch(self.spec, bk.world)
@@ -204,13 +205,24 @@ class Trainer:
         window.reset()
 
     def validate(self, step: int) -> float:
-        spec = objectives.validation_spec(self.guidance)
-        measure = validation.MEASURES[spec.pop("name")]
-        loss, n = measure(
-            self.model, self.val_data, self.block, self.spec["eval_tokens"], self.micro, self.bk, **spec
+        values = validation.score(
+            objectives.validation_spec(self.guidance),
+            self.model,
+            self.val_data,
+            self.block,
+            self.spec["eval_tokens"],
+            self.micro,
+            self.bk,
+            sources=self.val_sources,
+            chunk_tokens=self.spec["loss_chunk_tokens"],
         )
-        values = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": n}
-        values["flops"] = self.compute(step)
+        loss = values["val_loss"]
+        values = {
+            "val_loss": loss,
+            "val_ppl": math.exp(min(loss, 50.0)),
+            **values,
+            "flops": self.compute(step),
+        }
         self.metrics.write("eval", step, self.tokens, values)
         return loss
 

@@ -1,5 +1,6 @@
 """Token shards: a flat numpy memmap of token ids (documents separated by EOS)
-with a JSON sidecar (tokens, words, documents, dtype, tokenizer hash)."""
+with a JSON sidecar (tokens, words, documents, dtype, tokenizer hash, and per source its
+documents, words, tokens and the token ranges its documents occupy)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ import numpy as np
 
 from sdce.data.corpus import word_count
 from sdce.io import atomic_path, dir_hash, read_json, write_json
+
+# At most this many stretches of one source's consecutive documents are listed in the sidecar
+# (`ranges`): a coherent split has one per source, a shuffled one about one per document, too
+# many to list for a large corpus (its sidecar then has no ranges and no per-source losses).
+MAX_SOURCE_RANGES = 4096
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -31,6 +37,7 @@ def encode_documents(
     dtype = dtype_for(vocab)
     n_tokens = 0
     sources: dict[str, dict] = {}
+    runs: list[list] = []  # [source, start, end) of each stretch of consecutive documents
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         for start in range(0, len(docs), batch_docs):
             chunk = docs[start : start + batch_docs]
@@ -39,12 +46,19 @@ def encode_documents(
             ids = [e.ids for e in encode(texts, add_special_tokens=False)]
             flat, lengths = _join_with_eos(ids, eos, dtype)
             f.write(flat.tobytes())
-            n_tokens += flat.size
             for d, n in zip(chunk, lengths.tolist(), strict=True):
                 s = sources.setdefault(d["source"], {"documents": 0, "words": 0, "tokens": 0})
                 s["documents"] += 1
                 s["words"] += word_count(d["text"])
                 s["tokens"] += n + 1
+                if runs and runs[-1][0] == d["source"]:
+                    runs[-1][2] += n + 1
+                else:
+                    runs.append([d["source"], n_tokens, n_tokens + n + 1])
+                n_tokens += n + 1
+    if len(runs) <= MAX_SOURCE_RANGES:
+        for name, start, end in runs:
+            sources[name].setdefault("ranges", []).append([start, end])
     meta = {
         "tokens": n_tokens,
         "words": sum(s["words"] for s in sources.values()),
@@ -74,6 +88,15 @@ def _join_with_eos(ids: list[list[int]], eos: int, dtype) -> tuple[np.ndarray, n
 
 def sidecar(path: str | Path) -> Path:
     return Path(str(path) + ".json")
+
+
+def source_ranges(meta: dict) -> dict[str, list[tuple[int, int]]] | None:
+    """Each source's token ranges [start, end) in the shard, from its sidecar; None when the
+    sidecar lists none (written before sources had ranges, or more than MAX_SOURCE_RANGES)."""
+    sources = meta.get("sources") or {}
+    if not sources or any("ranges" not in s for s in sources.values()):
+        return None
+    return {name: [tuple(r) for r in s["ranges"]] for name, s in sources.items()}
 
 
 def load_shard(path: str | Path) -> tuple[np.memmap, dict]:

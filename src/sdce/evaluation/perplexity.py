@@ -1,7 +1,8 @@
 """Validation loss and perplexity of a saved model over the validation shard, with the
 measure of its objective (`objectives.validation_spec`): the next-token loss of a causal
 model, the negative ELBO of a masked-diffusion model (then `perplexity` is a bound and
-`perplexity_is_bound` says so)."""
+`perplexity_is_bound` says so). With a sidecar that lists its sources' token ranges, also
+`val_loss_by_source` and `val_tokens_by_source` (`sdce.evaluation.validation.score`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import math
 
 import torch
 
-from sdce.data.shards import load_shard
-from sdce.evaluation.validation import BOUNDS, MEASURES
+from sdce.data.shards import load_shard, source_ranges
+from sdce.evaluation.validation import BOUNDS, score
 
 
 def evaluate_perplexity(
@@ -23,16 +24,17 @@ def evaluate_perplexity(
 ) -> dict:
     from sdce.model import load_model
 
-    options = dict(measure or {"name": "next_token"})
-    name = options.pop("name")
+    measure = measure or {"name": "next_token"}
     model = load_model(model_dir, dtype=torch.float32)
     data, meta = load_shard(val_shard)
-    loss, n = MEASURES[name](model, data, block_size, max_tokens, batch_size, **options)
+    scores = score(measure, model, data, block_size, max_tokens, batch_size, sources=source_ranges(meta))
+    loss, n = scores.pop("val_loss"), scores.pop("val_tokens")
     return {
         "val_loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
-        "perplexity_is_bound": name in BOUNDS,
-        "measure": name,
+        "perplexity_is_bound": measure["name"] in BOUNDS,
+        "measure": measure["name"],
         "tokens": n,
         "bits_per_word": loss * n / math.log(2) / max(1, round(n * meta["words"] / meta["tokens"])),
+        **scores,  # val_loss_by_source, val_tokens_by_source
     }
