@@ -407,3 +407,256 @@ def test_resume_from_checkpoint_continues_at_its_step(assets, tmp_path, capsys):
     (trainer_ckpt / "trainer_state.json").write_text("{}")
     rc, _, err = sdce_train(capsys, *common, "--resume_from_checkpoint", trainer_ckpt)
     assert rc == 2 and "transformers Trainer checkpoint" in err
+
+
+# --- the DLM trainer: sdce train --config_path FILE --base_path DIR (sdce.predecessor_dlm) ---------
+
+
+@pytest.fixture(scope="module")
+def dlm_assets(assets, tmp_path_factory):
+    """Beside `assets`: 40 prompt/response pairs (qa.jsonl) and a tiny saved ModernBERT whose
+    tokenizer (the student's BPE) has the chat markers and the mask token: a pretrained DLM."""
+    from sdce.data.chat import MARKERS
+    from sdce.data.synthetic import generate_documents
+    from sdce.data.tokenizer import load, with_mask_token
+
+    root = tmp_path_factory.mktemp("dlm")
+    with open(root / "qa.jsonl", "w") as f:
+        for text in generate_documents(40, 11):
+            words = text.split()
+            f.write(json.dumps({"question": " ".join(words[:3]), "answer": " ".join(words[3:12])}) + "\n")
+    tok = load(assets / "student")
+    tok.add_special_tokens({"additional_special_tokens": list(MARKERS)})
+    tok = with_mask_token(tok)
+    spec = cfg.validate({"family": "modernbert", "n_layer": 1, "n_embd": 32, "n_head": 2}, "model")
+    model = build_model(spec, tok, 64, seed=0)
+    model.save_pretrained(root / "dlm")
+    tok.save_pretrained(root / "dlm")
+    return root
+
+
+def dlm_base(tmp_path: Path, assets: Path, dlm_assets: Path) -> Path:
+    """A --base_path folder as the predecessor's project root: data/ and models/ beside the outputs."""
+    (tmp_path / "data").mkdir()
+    for name in ("train.txt",):
+        (tmp_path / "data" / name).symlink_to(assets / name)
+    (tmp_path / "data" / "qa.jsonl").symlink_to(dlm_assets / "qa.jsonl")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "bpe").symlink_to(assets / "student")
+    (tmp_path / "models" / "dlm").symlink_to(dlm_assets / "dlm")
+    return tmp_path
+
+
+def dlm_config(mode: str = "pretrain", **changes) -> dict:
+    """A DLM trainer YAML with relative paths (resolved against --base_path); `changes` as
+    {"section.key": value}, None removes the key."""
+    doc = {
+        "model": {"tokenizer_name_or_path": "models/bpe", "n_layers": 1, "d_model": 32, "n_heads": 2},
+        "data": {"train_file": "data/train.txt", "max_seq_length": 32, "eval_split_ratio": 0.1},
+        "training": {
+            "mode": mode,
+            "mask_epsilon": 0.001,
+            "random_length_prob": 0.01,
+            "output_dir": f"outputs/{mode}",
+            "num_epochs": 0.25,
+            "per_device_train_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "learning_rate": 0.002,
+            "warmup_steps": 1,
+            "logging_steps": 1,
+            "eval_steps": 4,
+            "save_steps": 4,
+            "seed": 3,
+        },
+    }
+    if mode == "sft":
+        doc["model"] = {"name_or_path": "models/dlm"}
+        doc["data"].update(
+            train_file="data/qa.jsonl", prompt_column="question", response_column="answer", max_seq_length=48
+        )
+        doc["training"].update(num_epochs=1, random_length_prob=0.0)
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        if value is None:
+            doc[section].pop(key, None)
+        else:
+            doc.setdefault(section, {})[key] = value
+    return doc
+
+
+def dlm_plan(path: Path, base: Path, *flags: str) -> dict:
+    """What `sdce train --config_path path --base_path base flags` would run (the translation)."""
+    from sdce import predecessor_dlm
+
+    args = cli.build_parser().parse_args(
+        ["train", "--config_path", str(path), "--base_path", str(base), *flags]
+    )
+    return predecessor_dlm.plan_from_args(args)
+
+
+def test_dlm_pretrain_from_a_predecessor_config(assets, dlm_assets, tmp_path, capsys):
+    base = dlm_base(tmp_path, assets, dlm_assets)
+    path = write_config(tmp_path / "llada_pretrain.yaml", dlm_config("pretrain"))
+    plan = dlm_plan(path, base)
+    assert plan["run"]["model"] == {
+        "family": "modernbert",
+        "n_layer": 1,
+        "n_embd": 32,
+        "n_head": 2,
+        "intermediate_size": None,
+    }
+    assert plan["run"]["guidance"] == {
+        "objective": "masked_diffusion",
+        "diffusion": {"eps": 0.001, "random_length": 0.01},
+    }
+    assert plan["student"] == str(base / "models" / "bpe") and plan["corpus"]["path"] == str(
+        base / "data" / "train.txt"
+    )
+    assert plan["output_dir"] == str(base / "outputs" / "pretrain")  # the output root is --base_path too
+
+    rc, stdout, err = sdce_train(capsys, "--config_path", path, "--base_path", base, "--no-progress")
+    assert rc == 0, err
+    out = base / "outputs" / "pretrain"
+    summary = json.loads(stdout.splitlines()[-1])
+    assert summary["objective"] == "masked_diffusion" and summary["steps"] >= 2
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["model_type"] == "modernbert" and saved["num_hidden_layers"] == 1
+    used = json.loads((out / "sdce.json").read_text())
+    assert used["run"]["guidance"]["objective"] == "masked_diffusion"
+    assert used["predecessor"]["training"]["mode"] == "pretrain"
+    train = records(out)
+    assert [r["step"] for r in train] == list(range(1, summary["steps"] + 1))
+    assert all(math.isfinite(r["loss"]) for r in train) and records(out, "eval")  # the ELBO was scored
+
+
+def test_dlm_sft_never_masks_the_prompt(assets, dlm_assets, tmp_path, capsys, monkeypatch):
+    """SFT from a saved DLM on prompt/response pairs: every forward process of the run keeps
+    the prompt (sdce.data.chat.prompt_lengths, LLaDA's) unmasked and masks some answer."""
+    from sdce import diffusion
+
+    seen = []
+    forward = diffusion.sft_forward_process
+
+    def recording(input_ids, prompt_lengths, *args, **kwargs):
+        noisy, masked, p = forward(input_ids, prompt_lengths, *args, **kwargs)
+        seen.append((masked.clone(), prompt_lengths.clone()))
+        return noisy, masked, p
+
+    monkeypatch.setattr(diffusion, "sft_forward_process", recording)
+    base = dlm_base(tmp_path, assets, dlm_assets)
+    path = write_config(tmp_path / "llada_sft.yaml", dlm_config("sft"))
+    rc, stdout, err = sdce_train(capsys, "--config_path", path, "--base_path", base, "--no-progress")
+    assert rc == 0, err
+    out = base / "outputs" / "sft"
+    summary = json.loads(stdout.splitlines()[-1])
+    assert summary["objective"] == "masked_diffusion_sft"
+    used = json.loads((out / "sdce.json").read_text())
+    assert used["run"]["model"]["from_pretrained"] == str(base / "models" / "dlm")
+    # an sft epoch is a pass over the examples: 36 training pairs in batches of 4
+    assert used["steps"]["windows_per_epoch"] == 36 and summary["steps"] == 9
+    assert len(seen) >= summary["steps"]
+    for masked, lengths in seen:
+        prompt = torch.arange(masked.shape[1])[None, :] < lengths[:, None]
+        assert (lengths > 0).all() and not (masked & prompt).any()
+    assert any(masked.any() for masked, _ in seen)
+    tokens = json.loads((out / "tokenizer" / "tokenizer_config.json").read_text())
+    assert "<eot_id>" in json.dumps(tokens)  # the chat markers, one id each
+
+
+def test_train_subset_size_limits_the_training_documents(assets, dlm_assets, tmp_path):
+    from sdce.data.corpus import read_documents
+    from sdce.data.split import split_documents
+
+    base = dlm_base(tmp_path, assets, dlm_assets)
+    path = write_config(tmp_path / "llada.yaml", dlm_config("pretrain"))
+    plan = dlm_plan(path, base, "--train_subset_size", "10", "--ref_subset_size", "3")
+    assert (plan["split"]["train_subset"], plan["split"]["validation_subset"]) == (10, 3)
+    standalone.prepare(plan, log=lambda *_: None)
+    data = Path(plan["output_dir"]) / "data"
+    train, val = read_documents(data / "train.jsonl"), read_documents(data / "validation.jsonl")
+    assert (len(train), len(val)) == (10, 3)
+    shard = json.loads((Path(plan["output_dir"]) / "shards" / "train.bin.json").read_text())
+    assert shard["documents"] == 10
+    # a seeded sample: the first 10 of the split's shuffle under data.eval_split_seed
+    whole, held = split_documents(
+        read_documents(data / "corpus.jsonl"), {**plan["split"], "train_subset": None}
+    )
+    assert train == whole[:10] and val == held[:3] and len(whole) == 36
+
+
+@pytest.mark.parametrize(
+    ("changes", "flags", "message"),
+    [
+        ({"training.mask_eps": 0.01}, [], "training.mask_eps is not a known key"),
+        ({"training.mode": "finetune"}, [], "training.mode: 'finetune' is not one of pretrain, sft"),
+        ({"sft": True, "data.response_column": None}, [], "data.response_column: training.mode sft"),
+        ({"data.prompt_column": "question"}, [], "data.prompt_column: training.mode pretrain"),
+        (
+            {},
+            ["--train_subset_size", "100"],
+            "split.train_subset: 100 is more than the 36 training documents",
+        ),
+        ({}, ["--ref_subset_size", "0"], "data.ref_subset_size: 0 documents"),
+        ({"training.mask_epsilon": 0.0}, [], "training.mask_epsilon"),
+        (
+            {"model.tokenizer_name_or_path": None},
+            [],
+            "model.tokenizer_name_or_path: a model built from scratch",
+        ),
+        ({"sft": True, "model.name_or_path": "models/bpe"}, [], "model.name_or_path: "),
+        ({"sft": True, "model.n_layers": 4}, [], "model.n_layers: model.name_or_path"),
+        ({}, ["--surrogate_k", "5"], "--surrogate_k is a flag of the surrogate trainer"),
+    ],
+)
+def test_bad_dlm_settings_are_refused(assets, dlm_assets, tmp_path, capsys, changes, flags, message):
+    base = dlm_base(tmp_path, assets, dlm_assets)
+    changes = dict(changes)
+    mode = "sft" if changes.pop("sft", False) else "pretrain"
+    path = write_config(tmp_path / "llada.yaml", dlm_config(mode, **changes))
+    rc, _, err = sdce_train(capsys, "--config_path", path, "--base_path", base, *flags)
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (base / "outputs" / mode / "model").exists()  # refused before training
+
+
+def test_dlm_flags_need_the_dlm_layout(assets, tmp_path, capsys):
+    path = write_config(tmp_path / "seeds.yaml", seeds_config(assets, tmp_path / "out"))
+    rc, _, err = sdce_train(capsys, "--config", path, "--train_subset_size", "5")
+    assert rc == 2 and "--train_subset_size is a flag of the DLM trainer" in err
+    rc, _, err = sdce_train(capsys, "--config", path, "--config_path", path)
+    assert rc == 2 and "give one" in err
+
+
+def docs_study() -> str:
+    """The study YAML of docs/predecessor-configs.md, "A prep.py grid as one study"."""
+    text = (REPO / "docs" / "predecessor-configs.md").read_text()
+    section = text.split("### A prep.py grid as one study", 1)[1]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+def test_a_prep_py_grid_is_one_study(dlm_assets, tmp_path, monkeypatch, capsys):
+    from sdce.plan import part_split, plan
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "qa.jsonl").symlink_to(dlm_assets / "qa.jsonl")
+    (tmp_path / "study.yaml").write_text(docs_study())
+    assert cli.main(["check-config", "study.yaml"]) == 0
+    assert "valid (9 runs x 1 random seeds)" in capsys.readouterr().out
+    study = cfg.load(tmp_path / "study.yaml")
+    planned = plan(study)
+    combos = [
+        f"dlm-n_layer{n}-objective{o}-train_subset{s}"
+        for n in (2, 4)
+        for o in ("masked_diffusion", "masked_diffusion_sft")
+        for s in ("1000", "none")
+    ]
+    assert sorted(planned.runs) == sorted(["ar", *combos])
+    run = planned.runs["dlm-n_layer4-objectivemasked_diffusion_sft-train_subset1000"]
+    assert (run["model"]["family"], run["model"]["n_layer"], run["guidance"]["objective"]) == (
+        "modernbert",
+        4,
+        "masked_diffusion_sft",
+    )
+    assert planned.runs["ar"]["model"]["family"] == "gpt2"
+    assert planned.parts == ["main", "main-n1000"]
+    assert part_split(study, "main-n1000")["train_subset"] == 1000
+    assert part_split(study, "main-n1000")["validation_subset"] == 200  # the same reference documents

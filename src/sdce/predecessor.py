@@ -16,6 +16,8 @@ teacher, run) and runs the pipeline's stage functions in order into `training.ou
 A stage whose inputs did not change since the last call is skipped (data/stages.json), so
 running the same command again (to resume) goes straight to training. Every predecessor key maps
 to an sdce key, or is refused or reported with its name (README, "Standalone training").
+The predecessor's diffusion-LM trainer (`--config_path FILE --base_path DIR`) has a layout of its
+own, defined and translated in `sdce.predecessor_dlm` into the same plan, run by the same stages.
 
 Epochs become optimizer steps from the encoded training tokens:
 
@@ -167,11 +169,11 @@ PREDECESSOR_NAMES = {
 }
 
 
-def in_predecessor_terms(message: str) -> str:
+def in_predecessor_terms(message: str, names: dict[str, str] = PREDECESSOR_NAMES) -> str:
     """`message` with the predecessor's names of the sdce keys it mentions appended."""
     hits = [
         f"{key} is the predecessor's {old}"
-        for key, old in PREDECESSOR_NAMES.items()
+        for key, old in names.items()
         if re.search(rf"(?<!\w){re.escape(key)}(?!\w)", message)
     ]
     return message + (f" ({'; '.join(hits)})" if hits else "")
@@ -180,22 +182,22 @@ def in_predecessor_terms(message: str) -> str:
 # --- the predecessor's configuration: file, flags, checks ---------------------------------------------
 
 
-def is_predecessor_layout(doc) -> bool:
+def is_predecessor_layout(doc, layout: dict = LAYOUT) -> bool:
     """A predecessor-style config: its own sections, none of a study config's own keys."""
     if not isinstance(doc, dict) or not doc:
         return False
-    study_only = set(cfg.schema()["properties"]) - set(LAYOUT)
+    study_only = set(cfg.schema()["properties"]) - set(layout)
     if study_only & set(doc):
         return False
     model, training = doc.get("model") or {}, doc.get("training") or {}
     return bool(
         {"surrogate", "data"} & set(doc)
         or (isinstance(model, dict) and "name_or_path" in model)
-        or (isinstance(training, dict) and {"loss_type", "output_dir", "num_epochs"} & set(training))
+        or (isinstance(training, dict) and {"loss_type", "mode", "output_dir", "num_epochs"} & set(training))
     )
 
 
-def _check_value(where: str, value, types: tuple) -> None:
+def _check_value(where: str, value, types: tuple, choices: dict = CHOICES) -> None:
     if value is None:
         return
     ok = isinstance(value, types)
@@ -204,12 +206,13 @@ def _check_value(where: str, value, types: tuple) -> None:
     if not ok:
         names = " or ".join(TYPE_NAMES[t] for t in types)
         raise ConfigError(f"{where}: expected {names}, got {value!r}")
-    if where in CHOICES and value not in CHOICES[where]:
-        raise ConfigError(f"{where}: '{value}' is not one of {', '.join(CHOICES[where])}")
+    if where in choices and value not in choices[where]:
+        raise ConfigError(f"{where}: '{value}' is not one of {', '.join(choices[where])}")
 
 
-def read_predecessor(path: str | Path | None) -> dict:
-    """The sections of a predecessor-style YAML as written, every key checked (unknown: an error)."""
+def read_predecessor(path: str | Path | None, layout: dict = LAYOUT, choices: dict = CHOICES) -> dict:
+    """The sections of a predecessor-style YAML as written, every key checked against `layout`
+    (the surrogate trainer's, or the DLM trainer's: sdce.predecessor_dlm); unknown: an error."""
     if path is None:
         return {}
     path = Path(path)
@@ -217,40 +220,42 @@ def read_predecessor(path: str | Path | None) -> dict:
         raise ConfigError(f"config file not found: {path}")
     doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: expected sections {', '.join(LAYOUT)}")
-    if not is_predecessor_layout(doc) and "runs" in doc:
+        raise ConfigError(f"{path}: expected sections {', '.join(layout)}")
+    if not is_predecessor_layout(doc, layout) and "runs" in doc:
         raise ConfigError(
             f"{path} is a study config: run it with `snakemake --configfile {path}`, or one of its "
             f"runs with `sdce train-job --config {path} --name RUN ...`"
         )
     for section, values in doc.items():
-        if section not in LAYOUT:
-            raise ConfigError(f"{section} is not a known section (known: {', '.join(LAYOUT)})")
+        if section not in layout:
+            raise ConfigError(f"{section} is not a known section (known: {', '.join(layout)})")
         if values is None:
             continue
         if not isinstance(values, dict):
             raise ConfigError(f"{section}: expected a mapping of keys")
         for key, value in values.items():
-            if key not in LAYOUT[section]:
+            if key not in layout[section]:
                 raise ConfigError(
                     f"{section}.{key} is not a known key of the predecessor's {section} section"
                 )
             if (section, key, value) == ("training", "mixed_precision", False):
                 values[key] = value = "no"  # YAML 1.1 reads an unquoted `no` as false
-            _check_value(f"{section}.{key}", value, LAYOUT[section][key][1])
+            _check_value(f"{section}.{key}", value, layout[section][key][1], choices)
     return {s: dict(v or {}) for s, v in doc.items()}
 
 
-def resolve(written: dict, flags: dict) -> tuple[dict, set[str]]:
+def resolve(
+    written: dict, flags: dict, layout: dict = LAYOUT, choices: dict = CHOICES
+) -> tuple[dict, set[str]]:
     """(every predecessor key with its value: flags over the file over the predecessor's defaults,
     the dotted keys set explicitly, in the file or by a flag)."""
-    merged = {s: {k: d for k, (d, _) in keys.items()} for s, keys in LAYOUT.items()}
+    merged = {s: {k: d for k, (d, _) in keys.items()} for s, keys in layout.items()}
     explicit = set()
     for layer in (written, flags):
         for section, values in layer.items():
             for key, value in values.items():
                 if value is not None:
-                    _check_value(f"{section}.{key}", value, LAYOUT[section][key][1])
+                    _check_value(f"{section}.{key}", value, layout[section][key][1], choices)
                     merged[section][key] = value
                     explicit.add(f"{section}.{key}")
     return merged, explicit
@@ -567,12 +572,16 @@ def _resume_point(value, out: Path) -> str | None:
     )
 
 
-def finalize(plan: dict, train_tokens: int, val_tokens: int) -> tuple[dict, dict]:
-    """(the validated run, the numbers of the steps formula) once the shards are encoded."""
+def finalize(
+    plan: dict, train_tokens: int, val_tokens: int, documents: int | None = None
+) -> tuple[dict, dict]:
+    """(the validated run, the numbers of the steps formula) once the shards are encoded. An
+    epoch is floor(train_tokens / block) windows, or, for a plan whose objective trains one
+    example per window (`per_example`: the DLM trainer's sft mode), the training documents."""
     run = copy.deepcopy(plan["run"])
     training = run["training"]
     block, batch = training["block_size"], training["batch_size"]
-    windows = train_tokens // block
+    windows = documents if plan.get("per_example") and documents else train_tokens // block
     if windows < 1 or train_tokens <= block + 1:
         raise ConfigError(
             f"data: the training text has {train_tokens} tokens, fewer than one window of "
@@ -659,9 +668,10 @@ def prepare(plan: dict, log=print) -> dict:
         stages.mark("documents", key)
         log(f"documents: {len(train)} train / {len(val)} validation")
 
-    key = stable_hash([key, _identity({"path": plan["student"]}) if plan["student"] else None])
+    special = plan.get("special_tokens", [])
+    key = stable_hash([key, _identity({"path": plan["student"]}) if plan["student"] else None, *special])
     if not stages.fresh("tokenizer", key, tok_dir):
-        _student_tokenizer(plan["student"], tok_dir)
+        _student_tokenizer(plan["student"], tok_dir, special)
         stages.mark("tokenizer", key)
     _check_positions(plan)
 
@@ -697,7 +707,7 @@ def _documents(plan: dict, data: Path, log) -> tuple[list[dict], list[dict]]:
 
     docs_path = data / "corpus.jsonl"
     build_corpus(plan["corpus"], docs_path, data / "corpus.stats.json")
-    docs, val = read_documents(docs_path), None
+    docs, val, split = read_documents(docs_path), None, plan["split"]
     evals = plan["eval_corpus"]
     if evals is not None:
         try:
@@ -709,16 +719,32 @@ def _documents(plan: dict, data: Path, log) -> tuple[list[dict], list[dict]]:
             d = plan["predecessor"]["data"]
             log(f"warning: {_no_eval_split(d)}")
     if val is None:
-        return split_documents(docs, plan["split"])
-    return docs, val
+        docs, val = split_documents(docs, {**split, "train_subset": None, "validation_subset": None})
+    elif split.get("train_subset") or split.get("validation_subset"):
+        import numpy as np
+
+        rng = np.random.default_rng(split["seed"])  # a seeded sample of each file's documents
+        docs, val = ([d[i] for i in rng.permutation(len(d))] for d in (docs, val))
+    return _subset(docs, split.get("train_subset"), "train_subset", "training"), _subset(
+        val, split.get("validation_subset"), "validation_subset", "validation"
+    )
 
 
-def _student_tokenizer(name: str, out: Path) -> None:
-    """The tokenizer of model.name_or_path (a folder, or a name transformers can load)."""
+def _subset(docs: list[dict], n: int | None, key: str, what: str) -> list[dict]:
+    """The first n documents (all for None); more than there are is refused, naming the key."""
+    if n is not None and n > len(docs):
+        raise ConfigError(f"split.{key}: {n} is more than the {len(docs)} {what} documents")
+    return docs[:n]
+
+
+def _student_tokenizer(name: str, out: Path, special_tokens: list[str] = ()) -> None:
+    """The tokenizer of model.name_or_path (a folder, or a name transformers can load), with
+    `special_tokens` added (the chat markers of a prompt/response corpus)."""
     from sdce.data.tokenizer import build_tokenizer
 
     if Path(name).expanduser().exists():
-        build_tokenizer(cfg.validate({"kind": "pretrained", "path": name}, "tokenizer"), (), out)
+        spec = {"kind": "pretrained", "path": name, "special_tokens": list(special_tokens)}
+        build_tokenizer(cfg.validate(spec, "tokenizer"), (), out)
         return
     from transformers import AutoTokenizer
 
@@ -732,6 +758,9 @@ def _student_tokenizer(name: str, out: Path) -> None:
         ) from None
     if tok.eos_token_id is None:
         raise ConfigError(f"model.name_or_path: the tokenizer of {name} has no eos token")
+    extra = [t for t in special_tokens if t not in tok.get_vocab()]
+    if extra:
+        tok.add_special_tokens({"additional_special_tokens": extra})
     with atomic_dir(out) as tmp:
         tok.save_pretrained(str(tmp))
 
@@ -739,15 +768,18 @@ def _student_tokenizer(name: str, out: Path) -> None:
 def _check_positions(plan: dict) -> None:
     from transformers import AutoConfig
 
+    pretrained = plan["run"]["model"].get("from_pretrained")
+    if not pretrained:
+        return  # built from scratch with block_size positions
     try:
-        config = AutoConfig.from_pretrained(plan["student"])
+        config = AutoConfig.from_pretrained(pretrained)
     except (OSError, ValueError):
         return  # from_pretrained says what is wrong when training starts
     positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     block = plan["run"]["training"]["block_size"]
     if positions and block > positions:
         raise ConfigError(
-            f"data.max_seq_length={block} is longer than {plan['student']} takes ({positions} positions)"
+            f"data.max_seq_length={block} is longer than {pretrained} takes ({positions} positions)"
         )
 
 
@@ -762,8 +794,9 @@ def run(
     paths = prepare(plan, log)
     teacher = str(paths["teacher"]) if paths["teacher"] else None
     train_meta, val_meta = (read_json(sidecar(paths[k])) for k in ("train_shard", "val_shard"))
-    settings, formula = finalize(plan, train_meta["tokens"], val_meta["tokens"])
-    out = Path(plan["output_dir"])
+    settings, formula = finalize(plan, train_meta["tokens"], val_meta["tokens"], train_meta["documents"])
+    out, split = Path(plan["output_dir"]), plan["split"]
+    subsets = split.get("train_subset") or split.get("validation_subset")
     write_json(
         out / "sdce.json",
         {
@@ -771,7 +804,7 @@ def run(
             "run": settings,
             "corpus": plan["corpus"],
             "eval_corpus": plan["eval_corpus"],
-            "split": plan["split"] if plan["eval_corpus"] is None else None,
+            "split": split if plan["eval_corpus"] is None or subsets else None,
             "teacher": plan["teacher"],
             "steps": formula,
         },
@@ -847,7 +880,10 @@ FLAGS = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The predecessor's --config and flags, and sdce's own, on `sdce train`'s parser."""
+    """The predecessor's --config and flags, the DLM trainer's --config_path and flags
+    (sdce.predecessor_dlm), and sdce's own, on `sdce train`'s parser."""
+    from sdce import predecessor_dlm
+
     p.add_argument("--config", help="the predecessor-style YAML")
     for flag, key, kwargs in FLAGS:
         metavar = None if "action" in kwargs or "choices" in kwargs else key.split(".")[1].upper()
@@ -857,6 +893,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--report_to", dest="training.report_to", nargs="+", help="experiment trackers: tensorboard, wandb"
     )
+    predecessor_dlm.add_arguments(p)
     own = p.add_argument_group("sdce's own")
     own.add_argument("--threads", type=int, default=1, help="CPU threads")
     own.add_argument("--processes", type=int, default=1, help="training processes here (DDP)")
@@ -889,13 +926,23 @@ def flag_overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    """`sdce train --config FILE` (the surrogate trainer) or `--config_path FILE` (the DLM trainer):
+    one translation into the same plan, then the same stages and training loop."""
+    from sdce import predecessor_dlm as dlm
+
+    names = dlm.NAMES if args.config_path is not None else PREDECESSOR_NAMES
     try:
-        written, explicit = resolve(read_predecessor(args.config), flag_overrides(args))
-        plan = translate(written, explicit, processes=args.processes, no_resume=args.no_resume)
+        if args.config_path is not None:
+            plan = dlm.plan_from_args(args)
+        else:
+            for flag in dlm.dlm_only_flags(args):
+                raise ConfigError(f"{flag} is a flag of the DLM trainer: give its YAML with --config_path")
+            written, explicit = resolve(read_predecessor(args.config), flag_overrides(args))
+            plan = translate(written, explicit, processes=args.processes, no_resume=args.no_resume)
         for warning in plan["warnings"]:
             print(f"sdce train: warning: {warning}", file=sys.stderr)
         summary = run(plan, threads=args.threads, progress=not args.no_progress, stop_after=args.stop_after)
     except ValueError as e:  # name the predecessor's keys beside sdce's
-        e.args = (in_predecessor_terms(str(e)), *e.args[1:])
+        e.args = (in_predecessor_terms(str(e), names), *e.args[1:])
         raise
     print(json.dumps(summary, sort_keys=True))
