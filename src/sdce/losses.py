@@ -55,6 +55,12 @@ recomputes the softmaxes in backward, writing only the logits' gradient: beyond 
 and their gradient a step holds a few (chunk x V) fp32 buffers, never a (tokens x V) tensor.
 `chunk_tokens=None` is the plain autograd path, the reference the chunked one is tested
 against (tests/test_chunked_losses.py).
+
+z-loss (`training.z_loss`): every loss takes `z_loss=True` to compute log Z in its own chunk
+pass and return the term `z_loss` (mean over its scored tokens of log(Z)^2, `_z_term`), so
+a step with z-loss walks the logits once and writes one gradient; `objectives.terms` asks for
+it. `z_loss()` is the same term on its own (the fallback of a loss that does not fold it: the
+plain paths of ce and masked_diffusion).
 """
 
 from __future__ import annotations
@@ -108,14 +114,15 @@ def teacher_cross_entropy(logp: torch.Tensor, signal: GuidanceSignal, tail_polic
 
 
 def ce_loss(logits, targets, signal=None, weight=0.0, *, tail_policy="uniform", chunk_tokens=CHUNK_TOKENS,
-            **opts) -> dict:  # fmt: skip
+            z_loss=False, **opts) -> dict:  # fmt: skip
     if _chunk_rows(logits, chunk_tokens) is None:
         flat = logits.reshape(-1, logits.size(-1)).float()
         ce = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE)
-    else:
-        ce_tok = -_student(logits, targets.clamp_min(0), chunk_tokens)["logp_y"]
-        ce = _masked_mean(ce_tok, (targets != IGNORE).to(ce_tok.dtype))
-    return {"loss": ce, "ce": ce}
+        return {"loss": ce, "ce": ce}
+    s = _student(logits, targets.clamp_min(0), chunk_tokens, lse=z_loss)
+    mask = (targets != IGNORE).to(s["logp_y"].dtype)
+    ce = _masked_mean(-s["logp_y"], mask)
+    return {"loss": ce, "ce": ce, **_z_term(s, mask)}
 
 
 def bigram_mix_loss(
@@ -126,11 +133,13 @@ def bigram_mix_loss(
     *,
     tail_policy="uniform",
     chunk_tokens=CHUNK_TOKENS,
+    z_loss=False,
     **opts,
 ) -> dict:
     """-sum_j (w * p_teacher(j) + (1 - w) * onehot_j(target)) log p_model(j), mean over tokens."""
     _check_tail_policy(tail_policy)
-    s = _student(logits, targets.clamp_min(0), chunk_tokens, ids=signal.ids, mean=tail_policy != "drop")
+    s = _student(logits, targets.clamp_min(0), chunk_tokens, ids=signal.ids, mean=tail_policy != "drop",
+                 lse=z_loss)  # fmt: skip
     ce_tok = -s["logp_y"]
     mask = (targets != IGNORE).to(ce_tok.dtype)
     guide_tok = _teacher_terms(s["listed"], s.get("mean"), signal, tail_policy)
@@ -141,6 +150,7 @@ def bigram_mix_loss(
         "ce": ce,
         "guidance": guidance,
         "teacher_mass": _masked_mean(signal.listed_mass().to(ce_tok.dtype), mask),
+        **_z_term(s, mask),
     }
 
 
@@ -152,11 +162,13 @@ def label_smoothing_loss(
     *,
     tail_policy="uniform",
     chunk_tokens=CHUNK_TOKENS,
+    z_loss=False,
     **opts,
 ):
     """Bigram mixing with a uniform teacher (its signal lists nothing and has rest = 1):
     the data-independent control of the bigram objective. The tail is always uniform."""
-    out = bigram_mix_loss(logits, targets, signal, weight, tail_policy="uniform", chunk_tokens=chunk_tokens)
+    out = bigram_mix_loss(logits, targets, signal, weight, tail_policy="uniform", chunk_tokens=chunk_tokens,
+                          z_loss=z_loss)  # fmt: skip
     out.pop("teacher_mass")
     return out
 
@@ -181,6 +193,7 @@ def surrogate_loss(
     tail_policy="uniform",
     weighting="probability",
     chunk_tokens=CHUNK_TOKENS,
+    z_loss=False,
     **opts,
 ) -> dict:
     """CE + w * mean_i sum_j a_ij (-log p(t_ij)) over the teacher's top-k (module docstring)."""
@@ -189,7 +202,7 @@ def surrogate_loss(
             f"unknown surrogate weighting '{weighting}' (known: probability, inverse_perplexity)"
         )
     safe_targets = targets.clamp_min(0)
-    s = _student(logits, safe_targets, chunk_tokens, ids=signal.ids)
+    s = _student(logits, safe_targets, chunk_tokens, ids=signal.ids, lse=z_loss)
     ce_tok = -s["logp_y"]
     mask = (targets != IGNORE).to(ce_tok.dtype)
     aligned, terms = _alignment_terms(signal, mask, ce_tok.dtype)
@@ -201,7 +214,7 @@ def surrogate_loss(
     guide_tok = -(a * s["listed"]).sum(-1)
     ce = _masked_mean(ce_tok, mask)
     guidance = _masked_mean(guide_tok, mask)
-    return {"loss": ce + weight * guidance, "ce": ce, "guidance": guidance, **terms}
+    return {"loss": ce + weight * guidance, "ce": ce, "guidance": guidance, **terms, **_z_term(s, mask)}
 
 
 def _pad_vocab(x: torch.Tensor | None, size: int, value) -> torch.Tensor | None:
@@ -532,13 +545,13 @@ def _topk_kl(log_s: torch.Tensor, signal: GuidanceSignal) -> torch.Tensor:
     return torch.where(total > 0, kl, torch.zeros_like(kl))
 
 
-def _kl_student(logits, targets, signal: GuidanceSignal, temperature: float, chunk_tokens) -> dict:
+def _kl_student(logits, targets, signal: GuidanceSignal, temperature: float, chunk_tokens, lse=False) -> dict:
     """`_student` for KL: the listed ids of a top-k signal, or the dense teacher's log-probs."""
     if signal.log_probs is None:
         return _student(logits, targets, chunk_tokens, ids=signal.ids, temperature=temperature,
-                        support=signal.support)  # fmt: skip
+                        support=signal.support, lse=lse)  # fmt: skip
     return _student(logits, targets, chunk_tokens, temperature=temperature, support=signal.support,
-                    logq=signal.log_probs)  # fmt: skip
+                    logq=signal.log_probs, lse=lse)  # fmt: skip
 
 
 def kl_divergence(
@@ -564,10 +577,11 @@ def kl_loss(
     alpha=0.5,
     temperature=2.0,
     chunk_tokens=CHUNK_TOKENS,
+    z_loss=False,
     **opts,
 ) -> dict:
     """(1 - w(1 - alpha)) CE + w (1 - alpha) T^2 KL(q^T || p^T), mean over tokens (module docstring)."""
-    s = _kl_student(logits, targets.clamp_min(0), signal, temperature, chunk_tokens)
+    s = _kl_student(logits, targets.clamp_min(0), signal, temperature, chunk_tokens, lse=z_loss)
     kl_tok = _topk_kl(s["listed"], signal) if signal.log_probs is None else s["kl"]
     ce_tok = -s["logp_y"]
     mask = (targets != IGNORE).to(ce_tok.dtype)
@@ -577,12 +591,13 @@ def kl_loss(
     kl = _masked_mean(kl_tok, mask)
     share = weight * (1.0 - alpha)
     guidance = temperature**2 * kl
-    return {"loss": (1.0 - share) * ce + share * guidance, "ce": ce, "guidance": guidance, "kl": kl, **terms}
+    out = {"loss": (1.0 - share) * ce + share * guidance, "ce": ce, "guidance": guidance, "kl": kl, **terms}
+    return {**out, **_z_term(s, mask)}
 
 
 def masked_diffusion_loss(
     logits, targets, signal=None, weight=0.0, *, tail_policy="uniform", p: torch.Tensor,
-    chunk_tokens=CHUNK_TOKENS, **opts
+    chunk_tokens=CHUNK_TOKENS, z_loss=False, **opts
 ) -> dict:  # fmt: skip
     """LLaDA's pre-training loss (`sdce.diffusion.pretraining_loss`) in this module's signature:
     `targets` holds the clean token where the input was masked and IGNORE elsewhere, `p` the
@@ -597,16 +612,18 @@ def masked_diffusion_loss(
         loss = pretraining_loss(logits, targets.clamp_min(0), masked, p.to(logits.dtype))
         ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE)
         return {"loss": loss, "ce": torch.nan_to_num(ce), "mask_rate": masked.to(logits.dtype).mean()}
-    ce_tok = -_student(logits, targets.clamp_min(0), chunk_tokens)["logp_y"]
+    s = _student(logits, targets.clamp_min(0), chunk_tokens, lse=z_loss)
+    ce_tok = -s["logp_y"]
     weight_tok = masked.to(ce_tok.dtype)
     # sum over masked positions of CE / p, over every position (pretraining_loss's formula)
     loss = (ce_tok * weight_tok / p.to(ce_tok.dtype)).sum() / targets.numel()
-    return {"loss": loss, "ce": _masked_mean(ce_tok, weight_tok), "mask_rate": weight_tok.mean()}
+    return {"loss": loss, "ce": _masked_mean(ce_tok, weight_tok), "mask_rate": weight_tok.mean(),
+            **_z_term(s, weight_tok)}  # fmt: skip
 
 
 def masked_diffusion_sft_loss(
     logits, targets, signal=None, weight=0.0, *, tail_policy="uniform", p: torch.Tensor,
-    prompt_lengths: torch.Tensor, chunk_tokens=CHUNK_TOKENS, **opts
+    prompt_lengths: torch.Tensor, chunk_tokens=CHUNK_TOKENS, z_loss=False, **opts
 ) -> dict:  # fmt: skip
     """LLaDA's SFT loss (`sdce.diffusion.sft_loss`) in this module's signature: per sequence,
     the sum over its masked tokens of CE / p divided by its answer length (the positions from
@@ -616,12 +633,24 @@ def masked_diffusion_sft_loss(
     positions) are logged, not optimised."""
     masked = targets != IGNORE
     b, length = targets.shape
-    ce_tok = -_student(logits, targets.clamp_min(0), chunk_tokens)["logp_y"]
+    s = _student(logits, targets.clamp_min(0), chunk_tokens, lse=z_loss)
+    ce_tok = -s["logp_y"]
     weight_tok = masked.to(ce_tok.dtype)
     answer = (length - prompt_lengths.clamp(0, length)).to(ce_tok.dtype)[:, None]
     loss = (ce_tok * weight_tok / (p.to(ce_tok.dtype) * answer.clamp_min(1))).sum() / b
     mask_rate = weight_tok.sum() / answer.sum().clamp_min(1)
-    return {"loss": loss, "ce": _masked_mean(ce_tok, weight_tok), "mask_rate": mask_rate}
+    return {
+        "loss": loss,
+        "ce": _masked_mean(ce_tok, weight_tok),
+        "mask_rate": mask_rate,
+        **_z_term(s, weight_tok),
+    }
+
+
+def _z_term(s: dict, mask: torch.Tensor) -> dict:
+    """{"z_loss": mean over `mask` of log(Z)^2} when the loss's student pass computed log Z
+    (its `z_loss=True`), else {}: the z-loss folded into the same chunks as the loss."""
+    return {"z_loss": _masked_mean(s["lse"].square(), mask)} if "lse" in s else {}
 
 
 def z_loss(logits: torch.Tensor, targets: torch.Tensor, *, chunk_tokens=CHUNK_TOKENS) -> torch.Tensor:

@@ -370,11 +370,14 @@ def terms(objective: Objective, logits, batch: Batch, signal, weight, options: d
     """The objective's loss terms plus its weighted auxiliary terms. With no signal (no
     teacher, or a guidance weight of 0) a guided objective is its plain cross-entropy."""
     fn = objective.loss if signal is not None or not objective.guided else losses.ce_loss
-    out = fn(logits, batch.targets, signal, weight, **options, **batch.extras)
+    folded = {"z_loss": True} if "z_loss" in (aux or {}) else {}  # in the loss's own chunk pass
+    out = fn(logits, batch.targets, signal, weight, **options, **batch.extras, **folded)
     for name, w in (aux or {}).items():
-        term = AUX_TERMS[name](logits, batch, outputs, options.get("chunk_tokens", losses.CHUNK_TOKENS))
-        out[name] = term
-        out["loss"] = out["loss"] + w * term
+        if name not in out:  # a term the loss did not compute itself
+            out[name] = AUX_TERMS[name](
+                logits, batch, outputs, options.get("chunk_tokens", losses.CHUNK_TOKENS)
+            )
+        out["loss"] = out["loss"] + w * out[name]
     return out
 
 
