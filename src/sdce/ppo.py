@@ -3,7 +3,8 @@
 The algorithm is TRL's maintained `PPOTrainer` (`trl.experimental.ppo`, TRL 1.10 to 1.12;
 TRL 1.13 removed it, hence the pin in pyproject). Its four models here:
 
-* policy: the student (`sdce.model.load_model`); a masked-diffusion student is refused;
+* policy: the student (`sdce.model.load_model`); a masked-diffusion student is refused, and
+  so is a MoE-P one (no value model: see `select_runs`);
 * reference: a second, frozen load of the same folder (the KL penalty's anchor);
 * value model: the student's weights under transformers' sequence-classification class of
   its architecture (`AutoModelForSequenceClassification`, one label): TRL reads its backbone
@@ -73,19 +74,31 @@ def check_policy(path: str | Path) -> None:
 
 
 def select_runs(spec: dict, runs: dict) -> list[str]:
-    """The runs that get a PPO stage: `ppo.runs`, or every causal run (their first fold and
-    seed; `runs` are the study's resolved runs)."""
+    """The runs that get a PPO stage: `ppo.runs`, or every causal run whose family has a
+    value model (their first fold and seed; `runs` are the study's resolved runs). MoE-P
+    has none: TRL's PPO needs an `AutoModelForSequenceClassification` of the policy's
+    architecture, and transformers has no such class for model type moep."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
     from sdce.model import family_of
 
     causal = [name for name, run in runs.items() if family_of(run["model"]).kind == "causal"]
+    no_value = {
+        n for n in causal if runs[n]["model"]["family"] not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    }
     if spec["runs"] is None:
-        return causal
+        return [name for name in causal if name not in no_value]
     for name in spec["runs"]:
         if name not in runs:
             raise ValueError(f"ppo.runs: '{name}' is not a run of the study (runs: {', '.join(runs)})")
         if name not in causal:
             raise ValueError(
                 f"ppo.runs: '{name}' trains a masked-diffusion model; PPO post-trains causal runs"
+            )
+        if name in no_value:
+            raise ValueError(
+                f"ppo.runs: '{name}' trains a {runs[name]['model']['family']} model, which has no "
+                "AutoModelForSequenceClassification class for PPO's value model"
             )
     return list(spec["runs"])
 
