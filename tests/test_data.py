@@ -125,7 +125,9 @@ def test_tokenizer_roundtrip_and_too_large_vocab(tmp_path, tiny_data):
     tok = load(tiny_data / "tokenizer")
     assert len(tok) == 400 and tok.eos_token == "<|endoftext|>"
     text = "The teachers near the old house see themselves."
-    assert tok.decode(tok(text)["input_ids"]) == text
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    # the BOS post-processor (docs/evaluation.md, "The BOS decision"): BOS before the text
+    assert tok(text)["input_ids"] == [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
     with pytest.raises(TokenizerError, match="vocab_size=50000 is larger than the training split supports"):
         build_tokenizer(
             {"kind": "bpe", "vocab_size": 50000, "min_frequency": 2}, ["a b c", "a b"], tmp_path / "t"
@@ -140,7 +142,7 @@ def test_shards_match_direct_encoding_and_sidecar(tiny_data):
     docs = read_documents(tiny_data / "train.jsonl")
     expected = []
     for d in docs:
-        expected += tok(d["text"])["input_ids"] + [tok.eos_token_id]
+        expected += tok(d["text"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     np.testing.assert_array_equal(np.asarray(data), np.asarray(expected))
     assert meta["documents"] == len(docs) and meta["tokens"] == len(expected)
     assert meta["words"] == sum(len(d["text"].split()) for d in docs)

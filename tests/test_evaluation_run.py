@@ -67,7 +67,7 @@ def test_final_model_with_generated_and_real_blimp_pairs(trained, tiny_data, sha
 
 def test_final_model_with_the_babylm_suite(trained, tiny_data, shared_dir, tmp_path):
     """evaluation.babylm_suite_path: the suite's leaderboard scores land in the evaluation JSON
-    as babylm_<key> (reading as two), which is what the report's leaderboard table reads."""
+    as babylm2025_<key> (reading as two), which is what the report's leaderboard table reads."""
     import pandas as pd
 
     from sdce.evaluation.babylm_suite import leaderboard_report
@@ -86,7 +86,7 @@ def test_final_model_with_the_babylm_suite(trained, tiny_data, shared_dir, tmp_p
     r = evaluate_model(out / "model", str(tiny_data / "validation.bin"), 64, spec, {})
     assert list(r["babylm"]["tasks"]) == ["blimp", "reading"]
     assert r["babylm"]["tasks"]["reading"]["n_items"] == 120
-    keys = ("babylm_blimp", "babylm_reading_eye_tracking", "babylm_reading_self_paced")
+    keys = ("babylm2025_blimp", "babylm2025_reading_eye_tracking", "babylm2025_reading_self_paced")
     assert all(0.0 <= r[k] <= 1.0 for k in keys)
     json.dumps(r)
     rows, text = leaderboard_report(pd.DataFrame([{"run": "m", "seed": 1, **{k: r[k] for k in keys}}]))

@@ -11,7 +11,7 @@ import pytest
 from sdce.evaluation.babylm_suite import LEADERBOARD_COLUMNS
 from sdce.report import build_report
 
-# per run: per seed, the suite's leaderboard scores as run.py writes them (babylm_<key>, fractions)
+# per run: per seed, the suite's leaderboard scores as run.py writes them (babylm2025_<key>, fractions)
 SUITE = {
     "baseline": {
         1: {
@@ -89,7 +89,7 @@ def write_study(root: Path, suite: dict) -> tuple[list[str], list[str]]:
                 "perplexity": 2.718**final,
                 "synthetic_accuracy": 0.9,
                 "babylm": {"leaderboard": scores, "max_items_per_task": None},
-                **{f"babylm_{k}": v for k, v in scores.items()},
+                **{f"babylm2025_{k}": v for k, v in scores.items()},
             }
             path = root / "eval" / run / f"seed{seed}.json"
             path.parent.mkdir(parents=True, exist_ok=True)

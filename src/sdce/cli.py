@@ -246,6 +246,36 @@ def cmd_generate(args) -> None:
         )
 
 
+def cmd_zero_shot(args) -> None:
+    """Score a saved model on a zero-shot suite folder (or one task's folder) under a named
+    protocol (sdce.evaluation.protocols), every subtask's score into --out."""
+    from sdce.evaluation import protocols
+    from sdce.io import write_json
+    from sdce.model import load_model, saved_kind
+
+    protocols.get(args.protocol)  # bad input fails before a model loads
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"--model is not a saved model folder (no config.json): {model_dir}")
+    if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        raise FileNotFoundError(f"--model {model_dir} has no tokenizer (save it beside the model)")
+    protocols.select(args.data, args.protocol, saved_kind(model_dir), args.task or None)
+    if args.threads:
+        torch_threads(args.threads)
+    from transformers import AutoTokenizer
+
+    model = load_model(model_dir).eval()
+    result = protocols.zero_shot(
+        model, AutoTokenizer.from_pretrained(str(model_dir)), args.data, args.protocol,
+        tasks=args.task or None, max_items=args.max_items, batch_size=args.batch_size,
+    )  # fmt: skip
+    write_json(args.out, {"model": str(model_dir), "data": str(args.data), **result})
+    for key, score in result["leaderboard"].items():
+        print(f"{args.protocol} {key}: " + ("n/a" if score is None else f"{100 * score:.2f}"))
+    for task, why in result["skipped"].items():
+        print(f"skipped {task}: {why}")
+
+
 def _stdin_lines():
     """The user's lines: with a prompt and line editing at a terminal, plain lines from a pipe."""
     if not sys.stdin.isatty():
@@ -431,6 +461,24 @@ def _user_commands(sub) -> None:
     _sampling_flags(sp)
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", help="write the samples as jsonl here")
+
+    sp = sub.add_parser(
+        "zero-shot",
+        help="score a saved model on BabyLM zero-shot tasks under a named protocol",
+        description="Score --model on --data (a suite folder in the official full_eval or fast_eval "
+        "layout, or one task's folder) under --protocol: babylm2025 (the official BabyLM 2025 "
+        "pipeline), lm_eval (lm-evaluation-harness's blimp task) or sdce (sdce's own). --out gets "
+        "every task's and subtask's score (fractions), keyed as the protocol's tool names them.",
+    )
+    sp.set_defaults(fn=cmd_zero_shot)
+    sp.add_argument("--model", required=True, help="a saved model folder (its tokenizer beside it)")
+    sp.add_argument("--data", required=True, help="a suite folder or one task's folder")
+    sp.add_argument("--protocol", required=True, help="babylm2025, lm_eval or sdce")
+    sp.add_argument("--out", required=True, help="the scores as JSON")
+    sp.add_argument("--task", action="append", help="only this task (repeatable; default: all found)")
+    sp.add_argument("--max-items", type=int, help="at most N items per task, round-robin over subtasks")
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
 
     sp = sub.add_parser(
         "chat",

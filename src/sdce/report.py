@@ -70,7 +70,7 @@ def load_runs(summaries: list[str], eval_files: list[str]) -> tuple[pd.DataFrame
                 "flops": compute.get("total", float("nan")),
                 "teacher_flops_fixed": compute.get("teacher_fixed", float("nan")),
                 **_provenance(s),
-                **{k: v for k, v in e.items() if k.endswith("_accuracy") or k.startswith("babylm_")},
+                **{k: v for k, v in e.items() if k.endswith("_accuracy") or k.startswith("babylm2025_")},
             }
         )
     finals = pd.DataFrame(finals).sort_values(["run", "fold", "seed"]).reset_index(drop=True)
@@ -174,7 +174,7 @@ def comparisons(finals: pd.DataFrame, baseline: str) -> pd.DataFrame:
     difference in final validation loss and in every zero-shot score (run - baseline),
     with the paired statistics of `sdce.stats.paired`."""
     metrics = ["final_val_loss"] + [c for c in finals.columns if c.endswith("_accuracy")]
-    metrics += [c for c in finals.columns if c.startswith("babylm_")]
+    metrics += [c for c in finals.columns if c.startswith("babylm2025_")]
     rows = []
     for run, g in finals[finals.base != baseline].groupby("run", sort=False):
         base = pd.concat([baseline_rows(finals, r, baseline) for _, r in g.head(1).iterrows()])
@@ -529,7 +529,7 @@ def markdown(finals: pd.DataFrame, baseline: str, plots: list[str]) -> str:
             f"{_mean_std(g.steps_to_baseline, '{:.0f}')} | {_mean_std(g.steps_saved, '{:.0f}')} | "
             f"{reached}/{len(g)} | {_mean_std(g.flops_to_baseline, '{:.3f}')} |"
         )
-    acc_cols = [c for c in finals.columns if c.endswith("_accuracy") or c.startswith("babylm_")]
+    acc_cols = [c for c in finals.columns if c.endswith("_accuracy") or c.startswith("babylm2025_")]
     if acc_cols:
         lines += [
             "",

@@ -38,7 +38,25 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int):
             f"tokenizer.vocab_size={vocab_size} is larger than the training split supports: "
             f"BPE stopped at {got} types (min_frequency={min_frequency}); lower the vocab size or add text"
         )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS)
+    return with_bos(
+        PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS)
+    )
+
+
+def with_bos(tokenizer):
+    """The tokenizer with its BOS (for sdce's BPE the document separator, which precedes every
+    document in the shards) put before every text it encodes with special tokens, as Llama's
+    tokenizers do. Shards, teachers and sdce's scoring encode without special tokens, so this
+    changes only what tools that call ``tokenizer(text)`` see: the official BabyLM pipeline
+    then conditions a sentence's first word on the separator instead of leaving it unscored
+    (docs/evaluation.md, "The BOS decision", has the measurement)."""
+    from tokenizers.processors import TemplateProcessing
+
+    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+    )
+    return tokenizer
 
 
 def load_pretrained(path: str):

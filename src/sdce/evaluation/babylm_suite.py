@@ -669,7 +669,7 @@ def _mean_std(values: Sequence[float | None]) -> str:
     return text if len(x) == len(values) else f"{text} ({len(x)}/{len(values)})"
 
 
-def leaderboard_report(finals: pd.DataFrame, prefix: str = "babylm_") -> tuple[pd.DataFrame, str]:
+def leaderboard_report(finals: pd.DataFrame, prefix: str = "babylm2025_") -> tuple[pd.DataFrame, str]:
     """The suite in the leaderboard's layout for a study report.
 
     ``finals`` has one row per run and replicate with a ``run`` column (and ``fold``/``seed``
@@ -695,6 +695,8 @@ def leaderboard_report(finals: pd.DataFrame, prefix: str = "babylm_") -> tuple[p
         "",
         "## BabyLM 2025 zero-shot suite (leaderboard layout)",
         "",
+        "Scored under the babylm2025 protocol (the official BabyLM 2025 pipeline's scoring, "
+        "`sdce.evaluation.official`; columns babylm2025_<task> in summary.csv). "
         "As in the BabyLM 2025 results table: every score x 100: accuracy (%) for BLiMP, BLiMP "
         "Supplement, EWoK and Entity Tracking (mean over paradigms / domains / subsets), "
         "Spearman's rho x 100 for WUGs (adjective nominalisation), and for Reading the share of "

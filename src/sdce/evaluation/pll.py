@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 
-def _copies(tokenizer, text: str) -> tuple[list[int], list[int]]:
+def _copies(tokenizer, text: str, start_char: int = 0) -> tuple[list[int], list[int]]:
     enc = tokenizer(text, return_offsets_mapping=True)
-    scored = [i for i, (start, end) in enumerate(enc["offset_mapping"]) if end > 0]
+    scored = [i for i, (start, end) in enumerate(enc["offset_mapping"]) if end > start_char]
     if not scored:
         raise ValueError(f"the tokenizer gives no scored tokens for {text!r}")
     return list(enc["input_ids"]), scored
@@ -28,9 +28,17 @@ def _copies(tokenizer, text: str) -> tuple[list[int], list[int]]:
 
 @torch.no_grad()
 def pseudo_loglikelihoods(
-    model, tokenizer, texts: Sequence[str], *, batch_size: int = 32, device=None
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    device=None,
+    completions: Sequence[str] | None = None,
 ) -> list[float]:
-    """The PLL (natural log) of every text, in input order."""
+    """The PLL (natural log) of every text, in input order. With ``completions`` (each a
+    suffix of its text, as the official backend's tasks give them), only the tokens that
+    overlap the completion's characters are masked and scored (a whole text otherwise)."""
     mask_id = tokenizer.mask_token_id
     if mask_id is None:
         raise ValueError("pseudo-log-likelihood needs a tokenizer with a mask token")
@@ -47,7 +55,8 @@ def pseudo_loglikelihoods(
     model.eval()
     rows = []  # (text index, masked position, target id, ids)
     for t, text in enumerate(texts):
-        ids, scored = _copies(tokenizer, text)
+        start_char = 0 if completions is None else len(text) - len(completions[t])
+        ids, scored = _copies(tokenizer, text, start_char)
         rows += [(t, i, ids[i], ids[:i] + [mask_id] + ids[i + 1 :]) for i in scored]
     totals = torch.zeros(len(texts), dtype=torch.float64)
     for start in range(0, len(rows), batch_size):

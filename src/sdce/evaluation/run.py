@@ -24,7 +24,7 @@ def evaluate_model(
     from transformers import AutoTokenizer
 
     from sdce.evaluation.minimal_pairs import evaluate_minimal_pairs
-    from sdce.model import load_model, saved_kind
+    from sdce.model import load_model
 
     result = evaluate_perplexity(
         str(model_dir), val_shard, block_size, spec["eval_tokens"], spec["batch_size"], measure
@@ -48,21 +48,24 @@ def evaluate_model(
         result[f"{name}_accuracy"] = r["macro_accuracy"]
         result[f"{name}_tie_rate"] = r["tie_rate"]
     result["minimal_pairs"] = pairs
-    if spec.get("babylm_suite_path") and saved_kind(model_dir) == "causal":
-        # the suite's continuation tasks score causal models only; a masked model gets its
-        # minimal pairs (pseudo-log-likelihood) above
-        from sdce.evaluation.babylm_suite import run_suite
+    if spec.get("babylm_suite_path"):
+        # the leaderboard's protocol: the official BabyLM 2025 pipeline (causal or mlm backend)
+        from sdce.evaluation.protocols import LEADERBOARD_PROTOCOL, zero_shot
 
-        suite = run_suite(
+        suite = zero_shot(
             model,
             tokenizer,
             spec["babylm_suite_path"],
+            LEADERBOARD_PROTOCOL,
             batch_size=spec["batch_size"],
-            max_items_per_task=spec["max_pairs_per_paradigm"],
+            max_items=spec["max_pairs_per_paradigm"],
         )
+        for task in suite["tasks"].values():
+            task.pop("surprisal", None)
+            task.pop("prev_surprisal", None)
         result["babylm"] = suite
         for task, score in suite["leaderboard"].items():
-            result[f"babylm_{task}"] = score
+            result[f"{LEADERBOARD_PROTOCOL}_{task}"] = score
     return result
 
 

@@ -127,14 +127,15 @@ def _accepts_position_ids(model) -> bool:
 def _score_token_sequences(
     model,
     sequences: list[list[int]],
-    score_from: list[int],
+    scored: list[Sequence[bool]],
     *,
     batch_size: int,
     device,
     pad_id: int,
     labels: Sequence[str] | None = None,
 ) -> list[float]:
-    """Sum of log p(x_t | x_<t) for t in [score_from[i], len(sequences[i])) for each sequence."""
+    """Sum of log p(x_t | x_<t) over the positions t where ``scored[i][t]`` is true (t >= 1:
+    the first token of a sequence has no prediction) for each sequence."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = len(sequences)
@@ -168,7 +169,7 @@ def _score_token_sequences(
                     input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
                     attention[row, : len(seq)] = 1
                     # target position t is predicted from logits at t - 1
-                    score_mask[row, score_from[i] - 1 : len(seq) - 1] = True
+                    score_mask[row, : len(seq) - 1] = torch.tensor(list(scored[i][1:]), dtype=torch.bool)
                 input_ids = input_ids.to(dev)
                 attention = attention.to(dev)
                 kwargs = {"input_ids": input_ids, "attention_mask": attention}
@@ -187,6 +188,11 @@ def _score_token_sequences(
         if was_training:
             model.train()
     return out
+
+
+def _from(start: int, length: int) -> list[bool]:
+    """Score positions start..length-1."""
+    return [False] * start + [True] * (length - start)
 
 
 def _pad_id(tokenizer, cond: list[int]) -> int:
@@ -213,11 +219,10 @@ def sequence_logprobs(
     cond = conditioning_ids(tokenizer, prefix)
     texts = list(texts)
     sequences = [cond + _encode(tokenizer, text) for text in texts]
-    score_from = [len(cond)] * len(texts)
     return _score_token_sequences(
         model,
         sequences,
-        score_from,
+        [_from(len(cond), len(seq)) for seq in sequences],
         batch_size=batch_size,
         device=device,
         pad_id=_pad_id(tokenizer, cond),
@@ -285,7 +290,7 @@ def continuation_logprobs(
     return _score_token_sequences(
         model,
         sequences,
-        score_from,
+        [_from(start, len(seq)) for start, seq in zip(score_from, sequences, strict=True)],
         batch_size=batch_size,
         device=device,
         pad_id=_pad_id(tokenizer, cond),
