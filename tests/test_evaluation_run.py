@@ -48,7 +48,7 @@ def test_milestones_are_kept_and_evaluated_in_order(trained, tiny_data):
     assert all(s["words"] >= s["milestone"] for s in states)
     results = evaluate_milestones(out, str(tiny_data / "validation.bin"), 64, EVAL, {"synthetic": str(pairs)})
     assert [r["milestone"] for r in results] == [150, 300, 450]
-    assert all(0 <= r["synthetic_accuracy"] <= 1 and r["perplexity"] > 1 for r in results)
+    assert all(0 <= r["sdce_synthetic_accuracy"] <= 1 and r["perplexity"] > 1 for r in results)
 
 
 def test_final_model_with_generated_and_real_blimp_pairs(trained, tiny_data, shared_dir, tmp_path):

@@ -77,7 +77,15 @@ def write_study(root: Path, suite: dict) -> tuple[list[str], list[str]]:
                 )
             )
             records = [
-                {"kind": "train", "step": s, "words": s, "ce": 4 - s / 100, "tokens_per_s": 1e3, "weight": 1}
+                {
+                    "kind": "train",
+                    "step": s,
+                    "words": s,
+                    "ce": 4 - s / 100,
+                    "tokens_per_s": 1e3,
+                    "weight": 1,
+                    "train_seconds": s * (1.0 if run == "baseline" else 2.0),
+                }  # fmt: skip
                 for s in (10, 50, 100)
             ] + [{"kind": "eval", "step": s, "val_loss": v, "words": s} for s, v in ((50, 3.5), (100, final))]
             (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -87,7 +95,7 @@ def write_study(root: Path, suite: dict) -> tuple[list[str], list[str]]:
                 "seed": seed,
                 "val_loss": final,
                 "perplexity": 2.718**final,
-                "synthetic_accuracy": 0.9,
+                "sdce_synthetic_accuracy": 0.9,
                 "babylm": {"leaderboard": scores, "max_items_per_task": None},
                 **{f"babylm2025_{k}": v for k, v in scores.items()},
             }
@@ -175,3 +183,21 @@ def test_report_with_part_of_the_suite_and_without_it(tmp_path):
     build_report(summaries, evals, "baseline", str(tmp_path / "none" / "report"), 0.3)
     assert "leaderboard layout" not in (tmp_path / "none" / "report" / "summary.md").read_text()
     assert not (tmp_path / "none" / "report" / "babylm_leaderboard.csv").exists()
+
+
+def test_wall_seconds_to_the_baseline_are_read_from_the_training_clock(tmp_path):
+    """The guided run reaches the baseline's final loss (3.0) at step 50 + 50 * 0.5 / 0.6 of its
+    curve (3.5 at 50, 2.9 at 100); its clock runs at 2 s per step against the baseline's 1 s, so
+    it spends 2 * 91.67 s against the baseline's 100 s for its whole run."""
+    summaries, evals = write_study(tmp_path, SUITE)
+    out = tmp_path / "report"
+    build_report(summaries, evals, "baseline", str(out), 0.3)
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    guided = [r for r in rows if r["run"] == "guided"]
+    assert guided and all(
+        float(r["seconds_to_baseline"]) == pytest.approx(2 * (50 + 50 * 0.5 / 0.6) / 100, rel=1e-4)
+        for r in guided
+    )
+    assert all(float(r["train_seconds"]) == 200.0 for r in guided)
+    md = (out / "summary.md").read_text()
+    assert "wall to baseline" in md and "1.83" in md

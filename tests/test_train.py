@@ -58,6 +58,8 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, tiny_data):
     resumed = do_train(tiny_data, tmp_path / "resumed", spec)
     assert resumed["final_val_loss"] == pytest.approx(full["final_val_loss"], abs=1e-6)
     assert losses_of(records(tmp_path / "resumed")) == losses_of(records(tmp_path / "full"))
+    clock = [r["train_seconds"] for r in records(tmp_path / "resumed") if r["kind"] == "train"]
+    assert clock == sorted(clock)  # the training clock goes on from where the killed run stopped
 
 
 def test_changed_config_does_not_resume_stale_checkpoints(tmp_path, tiny_data):
@@ -91,9 +93,12 @@ def test_metrics_and_checkpoint_layout(tmp_path, tiny_data):
         "weight",
         "grad_norm",
         "tokens_per_s",
+        "train_seconds",
         "teacher_mass",
     ):
         assert key in train_rec
+    clock = [r["train_seconds"] for r in recs if r["kind"] == "train"]
+    assert clock == sorted(clock) and clock[0] > 0
     assert [r["step"] for r in recs if r["kind"] == "eval"] == [0, 4, 8, 12]
     ckpts = sorted(p.name for p in (tmp_path / "r" / "work" / "checkpoints").iterdir())
     assert ckpts == ["step_0000008", "step_0000012"]
@@ -133,3 +138,18 @@ def test_golden_loss_curve(tmp_path, tiny_data):
     assert [c[:2] for c in curve] == [g[:2] for g in golden]
     for c, g in zip(curve, golden, strict=True):
         assert c[2] == pytest.approx(g[2], rel=1e-4), f"{c[:2]}: {c[2]} != golden {g[2]}"
+
+
+def test_the_training_clock_leaves_out_its_pauses_and_resumes_from_the_log():
+    import time
+
+    from sdce.metrics import TrainingClock
+
+    clock = TrainingClock()
+    with clock.pause():
+        time.sleep(0.2)
+    time.sleep(0.05)
+    assert 0.05 <= clock.read() < 0.2
+    resumed = TrainingClock.resumed([{"kind": "eval"}, {"kind": "train", "train_seconds": 7.5}])
+    assert 7.5 <= resumed.read() < 7.6
+    assert TrainingClock.resumed([]).read() < 0.1

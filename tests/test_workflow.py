@@ -84,8 +84,8 @@ def test_full_dag_produces_report(finished_study):
         assert (report / png).stat().st_size > 5000
     milestones = list(csv.DictReader(open(report / "milestones.csv")))
     assert {int(m["milestone"]) for m in milestones} == {200, 400}
-    assert all(0.0 <= float(m["synthetic_accuracy"]) <= 1.0 for m in milestones)
-    assert "synthetic_accuracy" in rows[0]
+    assert all(0.0 <= float(m["sdce_synthetic_accuracy"]) <= 1.0 for m in milestones)
+    assert "sdce_synthetic_accuracy" in rows[0]
 
 
 def test_nothing_to_do_after_a_run(finished_study):
@@ -268,7 +268,7 @@ def test_a_copy_of_the_baseline_is_not_significant_and_costs_the_same(finished_s
     report = copy / "results" / "tiny" / "report"
     table = list(csv.DictReader(open(report / "comparisons.csv")))
     mine = {r["metric"]: r for r in table if r["run"] == "baseline_again"}
-    assert {"steps_saved", "final_val_loss", "synthetic_accuracy"} <= set(mine)
+    assert {"steps_saved", "final_val_loss", "sdce_synthetic_accuracy"} <= set(mine)
     for r in mine.values():
         assert float(r["mean"]) == 0.0 and r["n"] == "2" and r["verdict"] == "not significant"
         assert float(r["p_t"]) == 1.0
@@ -318,7 +318,7 @@ def test_a_masked_diffusion_run_beside_the_autoregressive_baseline(tmp_path):
     assert set(rows) == {"baseline", "diffusion"}
     assert rows["baseline"]["measure"] == "next_token" and rows["diffusion"]["measure"] == "elbo"
     for r in rows.values():
-        assert 1.0 < float(r["perplexity"]) < 400 and 0.0 <= float(r["synthetic_accuracy"]) <= 1.0
+        assert 1.0 < float(r["perplexity"]) < 400 and 0.0 <= float(r["sdce_synthetic_accuracy"]) <= 1.0
     milestones = list(csv.DictReader(open(report / "milestones.csv")))
     assert {(m["run"], int(m["milestone"])) for m in milestones} >= {("diffusion", 200), ("diffusion", 400)}
     headline = (report / "headline.md").read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -80,3 +81,34 @@ class StepWindow:
 
     def tokens_per_s(self) -> float:
         return self.tokens / max(time.perf_counter() - self.started, 1e-9)
+
+
+class TrainingClock:
+    """Wall seconds spent training (the steps, not validation, milestones or checkpoints),
+    summed over the run's restarts: `train_seconds` in the train records.
+
+    Read at log time, after the window's host sync, so queued device work is counted in
+    the window that ran it (on an accelerator, to within the step a pause starts in)."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.seconds, self.since = seconds, time.perf_counter()
+
+    @classmethod
+    def resumed(cls, records: list[dict]) -> TrainingClock:
+        """The clock of a run resumed from its (truncated) metrics: its last reading."""
+        readings = [r["train_seconds"] for r in records if "train_seconds" in r]
+        return cls(readings[-1] if readings else 0.0)
+
+    def read(self) -> float:
+        now = time.perf_counter()
+        self.seconds, self.since = self.seconds + now - self.since, now
+        return self.seconds
+
+    @contextmanager
+    def pause(self):
+        """A context in which time is not counted."""
+        self.read()
+        try:
+            yield
+        finally:
+            self.since = time.perf_counter()

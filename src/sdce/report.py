@@ -49,6 +49,7 @@ def load_runs(summaries: list[str], eval_files: list[str]) -> tuple[pd.DataFrame
         for r in records:
             curves.append({**r, "run": run, "fold": fold, "seed": seed})
         tps = [r["tokens_per_s"] for r in records if r["kind"] == "train"]
+        clock = [r["train_seconds"] for r in records if r["kind"] == "train" and "train_seconds" in r]
         e = evals.get((run, fold, seed), {})
         compute = s.get("flops") or {}
         finals.append(
@@ -67,6 +68,7 @@ def load_runs(summaries: list[str], eval_files: list[str]) -> tuple[pd.DataFrame
                 "curve_final_val_loss": s["final_val_loss"],
                 "perplexity": e.get("perplexity", s["final_val_ppl"]),
                 "tokens_per_s": float(np.median(tps)) if tps else float("nan"),
+                "train_seconds": clock[-1] if clock else float("nan"),
                 "flops": compute.get("total", float("nan")),
                 "teacher_flops_fixed": compute.get("teacher_fixed", float("nan")),
                 **_provenance(s),
@@ -135,7 +137,7 @@ def add_steps_to_baseline(curves: pd.DataFrame, finals: pd.DataFrame, baseline: 
     if finals[finals.base == baseline].empty:
         raise ValueError(f"report: baseline run '{baseline}' has no results")
     evals = curves[curves.kind == "eval"]
-    reach, saved, flops_to = [], [], []
+    reach, saved, flops_to, seconds_to = [], [], [], []
     for _, row in finals.iterrows():
         # the baseline of the same replicate: same fold (same validation set) and seed
         base = baseline_rows(finals, row, baseline).set_index(["fold", "seed"])
@@ -143,6 +145,7 @@ def add_steps_to_baseline(curves: pd.DataFrame, finals: pd.DataFrame, baseline: 
             reach.append(float("nan"))
             saved.append(float("nan"))
             flops_to.append(float("nan"))
+            seconds_to.append(float("nan"))
             continue
         key = (row.fold, row.seed)
         target = base.curve_final_val_loss.get(key, base.curve_final_val_loss.mean())
@@ -156,10 +159,24 @@ def add_steps_to_baseline(curves: pd.DataFrame, finals: pd.DataFrame, baseline: 
         spent = c.flops.to_numpy(dtype=float) if "flops" in c else np.array([np.nan])
         reached = np.interp(s, c.step, spent) if not math.isnan(s) and len(spent) == len(c) else np.nan
         flops_to.append(reached / float(base.flops.get(key, base.flops.mean())))
+        seconds_to.append(_seconds_at(curves, row, s) / float(base.train_seconds.get(key, np.nan)))
     finals["steps_to_baseline"] = reach
     finals["steps_saved"] = saved
     finals["flops_to_baseline"] = flops_to
+    finals["seconds_to_baseline"] = seconds_to
     return finals
+
+
+def _seconds_at(curves: pd.DataFrame, row, step: float) -> float:
+    """The run's training wall seconds at `step` (interpolated between logged steps): a
+    measurement of the machine the job ran on, at whatever load it shared it with."""
+    if math.isnan(step) or "train_seconds" not in curves:
+        return float("nan")
+    c = curves[(curves.kind == "train") & (curves.run == row.run) & (curves.fold == row.fold)]
+    c = c[(c.seed == row.seed) & c.train_seconds.notna()].sort_values("step")
+    if c.empty:
+        return float("nan")
+    return float(np.interp(step, np.r_[0, c.step], np.r_[0.0, c.train_seconds]))
 
 
 def comparable(row, base: pd.DataFrame) -> bool:
@@ -512,14 +529,16 @@ def markdown(finals: pd.DataFrame, baseline: str, plots: list[str]) -> str:
         f"replicates ({_replicates(finals)}). FLOPs to baseline = the model FLOPs (`sdce.flops`: "
         "student training, teacher forward, a cache pass and the teacher's own training) a run has "
         "spent when it reaches that loss, over the baseline's FLOPs for its whole run; below 1 guidance "
-        "saves compute. For speed see docs/benchmarks.md: these jobs shared the machine. A loss "
+        "saves compute. Wall to baseline = the same ratio in training wall seconds (validation and "
+        "checkpoints excluded); the jobs shared the machine, so it measures that machine's load as much "
+        "as the run: for speed see docs/benchmarks.md. A loss "
         "written ≤ is a masked-diffusion run's negative ELBO, an upper bound on its next-token loss "
         "(so its perplexity is a bound too); it is not compared with the baseline's curve.",
         "",
         "| run | objective | schedule | replicates | final val loss | perplexity | steps to baseline "
         "| steps saved "
-        "| reached | FLOPs to baseline |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| reached | FLOPs to baseline | wall to baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run, g in finals.groupby("run", sort=False):
         reached = int(g.steps_to_baseline.notna().sum())
@@ -527,7 +546,8 @@ def markdown(finals: pd.DataFrame, baseline: str, plots: list[str]) -> str:
             f"| {run} | {g.objective.iloc[0]} | {g.schedule.iloc[0] or '-'} | {len(g)} | "
             f"{_loss(g)} | {_loss(g, 'perplexity', '{:.2f}')} | "
             f"{_mean_std(g.steps_to_baseline, '{:.0f}')} | {_mean_std(g.steps_saved, '{:.0f}')} | "
-            f"{reached}/{len(g)} | {_mean_std(g.flops_to_baseline, '{:.3f}')} |"
+            f"{reached}/{len(g)} | {_mean_std(g.flops_to_baseline, '{:.3f}')} | "
+            f"{_mean_std(g.seconds_to_baseline, '{:.2f}')} |"
         )
     acc_cols = [c for c in finals.columns if c.endswith("_accuracy") or c.startswith("babylm2025_")]
     if acc_cols:
@@ -535,7 +555,10 @@ def markdown(finals: pd.DataFrame, baseline: str, plots: list[str]) -> str:
             "",
             "## Zero-shot evaluation of the final models",
             "",
-            "Minimal pairs: macro accuracy over paradigms (ties score 0.5). Mean ± std across replicates.",
+            "Every column names the protocol that scored it (`sdce.evaluation.protocols`): `sdce_*` "
+            "minimal pairs are macro accuracy over paradigms under sdce's own protocol (BOS-conditioned, "
+            "ties score 0.5); `babylm2025_*` are the official BabyLM 2025 pipeline's scores. "
+            "Mean ± std across replicates.",
             "",
             "| run | " + " | ".join(acc_cols) + " |",
             "|---|" + "---|" * len(acc_cols),

@@ -36,7 +36,7 @@ from sdce.data.shards import load_shard, source_ranges
 from sdce.evaluation import validation
 from sdce.io import atomic_dir, file_hash, write_json, write_text
 from sdce.job import Job
-from sdce.metrics import MetricsLog, StepWindow
+from sdce.metrics import MetricsLog, StepWindow, TrainingClock
 from sdce.model import build_model, count_parameters, expert_load, experts_per_token
 from sdce.schedules import guidance_weight
 
@@ -105,10 +105,10 @@ class Trainer:
         )
 
     def train(self) -> dict:
-        job, spec, bk = self.job, self.spec, self.bk
+        job, spec = self.job, self.spec
         folder = self.checkpointer.find(job.resume, job.resume_from)
         state, start, self.tokens = self.checkpointer.restore(folder, self.model, self.scheduler)
-        self.model, self.optimizer = bk.prepare(self.model, self.optimizer)
+        self.model, self.optimizer = self.bk.prepare(self.model, self.optimizer)
         self.checkpointer.restore_optimizer(state, self.model, self.optimizer)
         self.model.train()
         self.metrics.open_trackers(
@@ -120,6 +120,7 @@ class Trainer:
         )
         if start == 0:
             self.validate(0)
+        self.clock = TrainingClock.resumed(self.metrics.records())
         pending = [m for m in config.milestone_words(spec["milestones"])]
         bar = self._progress_bar(start)
         window, val_loss = StepWindow(), float("nan")
@@ -133,22 +134,32 @@ class Trainer:
             bar.update(1)
             if done % spec["log_interval"] == 0 or done == spec["steps"]:
                 self.log(done, lr, weight, window, bar)
-            if done % spec["eval_interval"] == 0 or done == spec["steps"]:
-                val_loss = self.validate(done)
-            words = self.metrics.words(self.tokens)
-            while pending and pending[0] <= words:  # resumed runs skip the ones already kept
-                self.checkpointer.milestone(pending.pop(0), done, self.tokens, self.model, self.tokenizer,
-                                            {"seed": job.seed, "run": job.name})  # fmt: skip
-            if done % spec["checkpoint_interval"] == 0 or done == spec["steps"]:
-                self.checkpointer.save(done, self.tokens, self.model, self.tokenizer, self.optimizer,
-                                       self.scheduler, {"seed": job.seed, "processes": bk.world})  # fmt: skip
-                if job.stop_after is not None and job.stop_after <= done < spec["steps"]:
-                    bar.close()
-                    self.metrics.close()
-                    return {"stopped_at": done}
+            with self.clock.pause():  # validation, milestones and checkpoints are not training time
+                if done % spec["eval_interval"] == 0 or done == spec["steps"]:
+                    val_loss = self.validate(done)
+                saved = self.keep(done, pending)
+            if saved and job.stop_after is not None and job.stop_after <= done < spec["steps"]:
+                bar.close()
+                self.metrics.close()
+                return {"stopped_at": done}
         bar.close()
         self.metrics.close()
         return self.finish(val_loss)
+
+    def keep(self, done: int, pending: list[int]) -> bool:
+        """The milestones `done` steps have passed, and the checkpoint due at `done` (whether
+        one was saved)."""
+        job, spec = self.job, self.spec
+        words = self.metrics.words(self.tokens)
+        while pending and pending[0] <= words:  # resumed runs skip the ones already kept
+            self.checkpointer.milestone(pending.pop(0), done, self.tokens, self.model, self.tokenizer,
+                                        {"seed": job.seed, "run": job.name})  # fmt: skip
+        if done % spec["checkpoint_interval"] == 0 or done == spec["steps"]:
+            extra = {"seed": job.seed, "processes": self.bk.world}
+            self.checkpointer.save(done, self.tokens, self.model, self.tokenizer, self.optimizer,
+                                   self.scheduler, extra)  # fmt: skip
+            return True
+        return False
 
     def train_step(self, step: int, weight: float) -> dict[str, torch.Tensor]:
         """One optimizer step over the global batch of `step` (this process's share of it, in
@@ -199,7 +210,8 @@ class Trainer:
             "tokens_per_s": window.tokens_per_s(),
             "flops": self.compute(step),
         }
-        values.update(window.means(self.bk.device, self.bk))
+        values.update(window.means(self.bk.device, self.bk))  # the window's host sync
+        values["train_seconds"] = self.clock.read()
         self.metrics.write("train", step, self.tokens, values)
         bar.set_postfix(loss=f"{values['loss']:.3f}", w=f"{weight:.2f}")
         window.reset()

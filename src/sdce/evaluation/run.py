@@ -45,8 +45,9 @@ def evaluate_model(
             model, tokenizer, folder, batch_size=spec["batch_size"], max_pairs_per_paradigm=limit
         )
         pairs[name] = r
-        result[f"{name}_accuracy"] = r["macro_accuracy"]
-        result[f"{name}_tie_rate"] = r["tie_rate"]
+        # named for the protocol that scored them: sdce's own (BOS-conditioned, ties 0.5)
+        result[f"sdce_{name}_accuracy"] = r["macro_accuracy"]
+        result[f"sdce_{name}_tie_rate"] = r["tie_rate"]
     result["minimal_pairs"] = pairs
     if spec.get("babylm_suite_path"):
         # the leaderboard's protocol: the official BabyLM 2025 pipeline (causal or mlm backend)
