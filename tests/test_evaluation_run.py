@@ -7,7 +7,7 @@ from tiny_training import tiny_job
 
 from sdce import config as cfg
 from sdce.data.synthetic import generate_minimal_pairs, write_minimal_pairs
-from sdce.evaluation.run import evaluate_milestones, evaluate_model
+from sdce.evaluation.run import evaluate_milestones, evaluate_model, revision_name
 from sdce.train import train
 
 EVAL = cfg.validate({"eval_tokens": 1024, "batch_size": 8}, "properties/evaluation")
@@ -107,3 +107,36 @@ def test_milestones_must_increase():
         20_000_000,
         30_000_000,
     ]
+
+
+def test_milestones_get_the_fast_suite_and_the_official_revision_names(
+    trained, tiny_data, shared_dir, tmp_path
+):
+    """evaluation.babylm_fast_path: the milestones are scored on the fast suite (here a
+    blimp_fast folder only), the final model on the full one (here BLiMP and reading); each
+    milestone carries the official pipeline's revision name for its checkpoint."""
+    out, _ = trained
+    source = shared_dir / "data" / "babylm-eval-2025"
+    if not source.is_dir():
+        pytest.skip("shared BabyLM 2025 evaluation data not available")
+    lines = (source / "blimp_filtered" / "wh_island.jsonl").read_text().splitlines()
+    full, fast = tmp_path / "full_eval", tmp_path / "fast_eval"
+    for root, folder, n in ((full, "blimp_filtered", 10), (fast, "blimp_fast", 4)):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "wh_island.jsonl").write_text("\n".join(lines[:n]) + "\n")
+    (full / "reading").mkdir()
+    (full / "reading" / "reading_data.csv").symlink_to(source / "reading" / "reading_data.csv")
+    spec = {
+        **EVAL,
+        "babylm_suite_path": str(full),
+        "babylm_fast_path": str(fast),
+        "max_pairs_per_paradigm": 50,
+    }
+    final = evaluate_model(out / "model", str(tiny_data / "validation.bin"), 64, spec, {})
+    assert {"babylm2025_blimp", "babylm2025_reading_eye_tracking"} <= set(final)
+    milestones = evaluate_milestones(out, str(tiny_data / "validation.bin"), 64, spec, {})
+    assert [m["revision"] for m in milestones] == ["words_150", "words_300", "words_450"]
+    for m in milestones:
+        assert 0.0 <= m["babylm2025_blimp"] <= 1.0 and "babylm2025_reading_eye_tracking" not in m
+    assert revision_name(1_000_000) == "chck_1M" and revision_name(20_000_000) == "chck_20M"
+    assert revision_name(1_500_000) == "words_1500000"

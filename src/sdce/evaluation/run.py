@@ -88,6 +88,8 @@ def evaluate_milestones(
         if root.exists()
         else []
     )
+    # intermediate checkpoints get the fast suite, as the official pipeline scores them
+    spec = {**spec, "babylm_suite_path": spec.get("babylm_fast_path") or spec.get("babylm_suite_path")}
     out = []
     for folder in found:
         state = read_json(folder / ckpt.STATE)
@@ -97,6 +99,7 @@ def evaluate_milestones(
         out.append(
             {
                 "milestone": state["milestone"],
+                "revision": revision_name(state["milestone"]),
                 "words": state["words"],
                 "step": state["step"],
                 "tokens": state["tokens"],
@@ -104,3 +107,9 @@ def evaluate_milestones(
             }
         )
     return out
+
+
+def revision_name(words: int) -> str:
+    """The official pipeline's name for the checkpoint at `words` words (chck_<N>M, its
+    `--revision_name`); words_<N> where the milestone is not a whole number of millions."""
+    return f"chck_{words // 1_000_000}M" if words and words % 1_000_000 == 0 else f"words_{words}"
