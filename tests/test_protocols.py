@@ -4,7 +4,7 @@
 own command-line entry points run in this process) on the same saved model and the same
 files: every subtask's accuracy exactly, the wug correlation and both reading scores to 1e-6,
 for BLiMP, the supplement, EWoK, entity tracking, wug adjective and past tense, COMPS (files
-written in its format: that data is not in ../shared) and reading. ``lm_eval`` against
+written in its format: that data is not in ../shared) and reading (causal, and masked through its ``mlm`` backend). ``lm_eval`` against
 lm-evaluation-harness running its own shipped ``blimp`` task template on local files. Then
 the BOS decision, the ``sdce zero-shot`` command and its bad input."""
 
@@ -393,3 +393,47 @@ def test_bad_input_is_one_line(models, tmp_path, capsys, case, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.fixture(scope="module")
+def masked(tiny_data, tmp_path_factory):
+    """A tiny ModernBERT (weights spread) saved with its tokenizer, as a masked-diffusion run saves it."""
+    from sdce.data.tokenizer import with_mask_token
+
+    tok = with_mask_token(load(tiny_data / "tokenizer"))
+    spec = cfg.validate({"family": "modernbert", "n_layer": 2, "n_embd": 32, "n_head": 2}, "model")
+    model = build_model(spec, tok, 512, seed=3).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    out = tmp_path_factory.mktemp("masked") / "mdm"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return model, tok, out
+
+
+@NEEDS_SHARED
+def test_babylm2025_reading_of_a_masked_model_is_the_official_mlm_backend(
+    masked, suite, tmp_path, monkeypatch
+):
+    """Reading for a bidirectional model: the official reading run with `--backend mlm` (three
+    mask tokens appended, the first one read) on the same saved model and CSV gives our
+    surprisals to 1e-5 and both scores to 1e-6."""
+    model, tok, folder = masked
+    ours = protocols.zero_shot(model, tok, suite, "babylm2025", batch_size=8, tasks=["reading"])
+    _official("evaluation_pipeline.reading.run", [
+        "--model_path_or_name", folder, "--backend", "mlm",
+        "--data_path", suite / "reading" / "reading_data.csv", "--output_dir", tmp_path,
+    ], monkeypatch)  # fmt: skip
+    where = tmp_path / folder.name / "main" / "zero_shot" / "mlm" / "reading"
+    rows = [json.loads(line) for line in (where / "prediction.jsonl").read_text().splitlines()]
+    reading = ours["tasks"]["reading"]
+    assert reading["surprisal"] == pytest.approx([r["Logprob"] for r in rows], abs=1e-5)
+    assert _partial_r2(where / "predictive_power.jsonl", "RT") == pytest.approx(
+        ours["leaderboard"]["reading_eye_tracking"], abs=1e-6
+    )
+    assert _partial_r2(where / "predictive_power_spillover.jsonl", "self") == pytest.approx(
+        ours["leaderboard"]["reading_self_paced"], abs=1e-6
+    )

@@ -45,7 +45,9 @@ Reading
     ``-log p``; the previous word's likewise where ``prev_item`` is a string. The CSV is read
     as pandas reads it (an empty ``item`` becomes "None"; the strings "None", "NA", ... in
     other columns become missing). The two scores are the official OLS partial R2s
-    (:func:`sdce.evaluation.babylm_suite.reading_scores`). Masked models: not implemented.
+    (:func:`sdce.evaluation.babylm_suite.reading_scores`). Masked models, as the ``mlm``
+    backend's ``get_p2_mlm``: the same word queries, each context followed by three mask
+    tokens (in the text), the probability read at the first of them.
 
 Scores are fractions (the official reports print them x 100). Batching differs from the
 official code (texts are sorted by length and padded on the right under an attention mask),
@@ -65,6 +67,8 @@ import numpy as np
 import torch
 
 from sdce.evaluation.minimal_pairs import jsonl_files, read_jsonl
+
+MLM_READING_MASKS = 3  # the official reading run's --number_of_mask_tokens_to_append default
 
 ENTITY_TRACKING_SPLITS = ("regular", "ambiref", "move_contents")
 COMPS_SUBSETS = {"comps_base": "base", "comps_wugs": "wugs", "comps_wugs_dist-before": "wugs_dist_before"}
@@ -315,12 +319,24 @@ def _word_queries(tokenizer, context: str, word) -> list[tuple[str, int]]:
 
 
 @torch.no_grad()
-def next_token_probs(model, tokenizer, queries: Sequence[tuple[str, int]], *, batch_size: int) -> dict:
-    """{(context, id): p(id | context)} from the logits at the last position of
-    ``tokenizer(context)`` (special tokens included), float32 softmax."""
+def next_token_probs(
+    model, tokenizer, queries: Sequence[tuple[str, int]], *, batch_size: int, masks: int = 0
+) -> dict:
+    """{(context, id): p(id | context)}, float32 softmax. Causal (``masks=0``): the logits at the
+    last position of ``tokenizer(context)`` (special tokens included), as ``get_p``. Masked
+    (the ``mlm`` backend's ``get_p_mlm``): ``tokenizer(context + masks x mask token)`` and the
+    logits at the first appended mask (the position before a trailing special token counted
+    as the official code counts it)."""
     device = next(model.parameters()).device
     contexts = sorted({c for c, _ in queries})
-    encoded = {c: list(tokenizer(c)["input_ids"]) for c in contexts}
+    suffix = tokenizer.mask_token * masks if masks else ""
+    encoded = {c: list(tokenizer(c + suffix)["input_ids"]) for c in contexts}
+
+    def position(ids: list[int]) -> int:  # the official negative index, from the end
+        if not masks:
+            return len(ids) - 1
+        return len(ids) - masks - (0 if ids[-1] == tokenizer.mask_token_id else 1)
+
     contexts.sort(key=lambda c: len(encoded[c]))
     wanted: dict[str, set[int]] = defaultdict(set)
     for c, t in queries:
@@ -336,8 +352,8 @@ def next_token_probs(model, tokenizer, queries: Sequence[tuple[str, int]], *, ba
             ids[row, : len(encoded[c])] = torch.tensor(encoded[c])
             attention[row, : len(encoded[c])] = 1
         logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
-        last = logits[torch.arange(len(chunk)), attention.sum(1).to(device) - 1].float().cpu()
-        probs = torch.softmax(last, dim=-1)
+        at = torch.tensor([position(encoded[c]) for c in chunk], device=logits.device)
+        probs = torch.softmax(logits[torch.arange(len(chunk)), at].float().cpu(), dim=-1)
         for row, c in enumerate(chunk):
             for t in wanted[c]:
                 out[(c, t)] = probs[row, t].item()
@@ -347,12 +363,15 @@ def next_token_probs(model, tokenizer, queries: Sequence[tuple[str, int]], *, ba
 def reading(
     model, tokenizer, folder: str | Path, *, max_items: int | None = None, batch_size: int = 32
 ) -> dict:
-    """The reading task under the official protocol (see the module docstring)."""
+    """The reading task under the official protocol (see the module docstring): the causal
+    backend for causal models, the ``mlm`` backend (3 appended mask tokens, its default
+    ``--number_of_mask_tokens_to_append``) for bidirectional ones."""
     from sdce.evaluation.babylm_suite import reading_scores
     from sdce.model import kind_of
 
-    if kind_of(model) != "causal":
-        raise ValueError("the babylm2025 reading task is implemented for causal models only")
+    masks = 0 if kind_of(model) == "causal" else MLM_READING_MASKS
+    if masks and tokenizer.mask_token is None:
+        raise ValueError("reading with the mlm backend needs a tokenizer with a mask token")
     frame = _reading_frame(folder)
     if max_items is not None:
         frame = frame.iloc[:max_items].copy()
@@ -362,7 +381,7 @@ def reading(
         for c, w in zip(frame["prev_item"], frame["prev_word"], strict=True)
     ]
     flat = [q for qs in words for q in qs] + [q for qs in prev if qs for q in qs]
-    probs = next_token_probs(model, tokenizer, flat, batch_size=batch_size)
+    probs = next_token_probs(model, tokenizer, flat, batch_size=batch_size, masks=masks)
 
     def surprisal(qs):
         return -math.log(np.prod([probs[q] for q in qs])) if qs is not None else float("nan")

@@ -111,7 +111,7 @@ PROTOCOLS = {
         Protocol(
             "babylm2025",
             "the official BabyLM 2025 pipeline (tokenizer's own special tokens, ties to the first)",
-            {"causal": _ALL, "bidirectional": tuple(t for t in _ALL if t != "reading")},
+            {"causal": _ALL, "bidirectional": _ALL},
             _official_score,
         ),
         Protocol(
