@@ -4,9 +4,10 @@
 own command-line entry points run in this process) on the same saved model and the same
 files: every subtask's accuracy exactly, the wug correlation and both reading scores to 1e-6,
 for BLiMP, the supplement, EWoK, entity tracking, wug adjective and past tense, COMPS (files
-written in its format: that data is not in ../shared) and reading (causal, and masked through its ``mlm`` backend). ``lm_eval`` against
-lm-evaluation-harness running its own shipped ``blimp`` task template on local files. Then
-the BOS decision, the ``sdce zero-shot`` command and its bad input."""
+written in its format: that data is not in ../shared) and reading (causal, and masked through
+its ``mlm`` backend). ``lm_eval`` against lm-evaluation-harness running its own shipped
+``blimp`` task template on local files. Then the BOS decision, the ``sdce zero-shot`` command
+and its bad input."""
 
 from __future__ import annotations
 
