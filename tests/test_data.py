@@ -258,3 +258,14 @@ def test_cli_errors_are_one_line(tmp_path, run_sdce):
     )
     assert proc.returncode == 2 and "corpus.synthetic_docs is not a known key" in proc.stderr
     assert not (tmp_path / "c.jsonl").exists()
+
+
+def test_a_subset_larger_than_its_side_is_refused():
+    docs = [{"text": f"d{i}", "source": "s"} for i in range(20)]
+    spec = {"validation_fraction": 0.25, "shuffle": False, "seed": 0, "folds": None}
+    with pytest.raises(SplitError, match="split.train_subset: 16 is more than the 15 training documents"):
+        split_documents(docs, {**spec, "train_subset": 16})
+    with pytest.raises(SplitError, match="split.validation_subset: 6 is more than the 5 validation"):
+        split_documents(docs, {**spec, "validation_subset": 6})
+    train, val = split_documents(docs, {**spec, "train_subset": 15, "validation_subset": 5})
+    assert (len(train), len(val)) == (15, 5)

@@ -703,7 +703,7 @@ def prepare(plan: dict, log=print) -> dict:
 def _documents(plan: dict, data: Path, log) -> tuple[list[dict], list[dict]]:
     """(training, validation documents): the evaluation corpus, or a split of the training one."""
     from sdce.data.corpus import build_corpus, read_documents
-    from sdce.data.split import split_documents
+    from sdce.data.split import split_documents, take_subset
 
     docs_path = data / "corpus.jsonl"
     build_corpus(plan["corpus"], docs_path, data / "corpus.stats.json")
@@ -725,16 +725,9 @@ def _documents(plan: dict, data: Path, log) -> tuple[list[dict], list[dict]]:
 
         rng = np.random.default_rng(split["seed"])  # a seeded sample of each file's documents
         docs, val = ([d[i] for i in rng.permutation(len(d))] for d in (docs, val))
-    return _subset(docs, split.get("train_subset"), "train_subset", "training"), _subset(
+    return take_subset(docs, split.get("train_subset"), "train_subset", "training"), take_subset(
         val, split.get("validation_subset"), "validation_subset", "validation"
     )
-
-
-def _subset(docs: list[dict], n: int | None, key: str, what: str) -> list[dict]:
-    """The first n documents (all for None); more than there are is refused, naming the key."""
-    if n is not None and n > len(docs):
-        raise ConfigError(f"split.{key}: {n} is more than the {len(docs)} {what} documents")
-    return docs[:n]
 
 
 def _student_tokenizer(name: str, out: Path, special_tokens: list[str] = ()) -> None:

@@ -5,7 +5,8 @@ source (the coherent 95/5 split used for BabyLM); `shuffle: true` permutes all
 documents with `seed` first (e.g. 80/20 with seed 42). With `folds: k`, fold i
 holds out the i-th of k contiguous parts instead (of every source in order, or of
 the seeded permutation), so the k validation sets partition the corpus. Subsets
-keep the first N documents of each side after splitting.
+keep the first N documents of each side after splitting; more than a side holds is
+refused, naming the key.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ def _held_out(n: int, spec: dict, fold: int | None) -> tuple[int, int]:
     return fold * n // k, (fold + 1) * n // k
 
 
+def take_subset(docs: list[dict], n: int | None, key: str, what: str) -> list[dict]:
+    """The first n documents (all for None); more than there are is refused, naming the key
+    (a subset-size axis whose sizes exceed the data would silently train on the same data)."""
+    if n is not None and n > len(docs):
+        raise SplitError(f"split.{key}: {n} is more than the {len(docs)} {what} documents")
+    return docs[:n]
+
+
 def split_documents(docs: list[dict], spec: dict, fold: int | None = None) -> tuple[list[dict], list[dict]]:
     frac = spec["validation_fraction"]
     if spec["shuffle"]:
@@ -47,10 +56,8 @@ def split_documents(docs: list[dict], spec: dict, fold: int | None = None) -> tu
         start, stop = _held_out(len(group), spec, fold)
         train.extend(group[:start] + group[stop:])
         val.extend(group[start:stop])
-    if spec.get("train_subset"):
-        train = train[: spec["train_subset"]]
-    if spec.get("validation_subset"):
-        val = val[: spec["validation_subset"]]
+    train = take_subset(train, spec.get("train_subset"), "train_subset", "training")
+    val = take_subset(val, spec.get("validation_subset"), "validation_subset", "validation")
     if not val:
         raise SplitError(
             f"split leaves the validation set empty ({len(docs)} documents, "
