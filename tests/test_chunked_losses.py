@@ -210,3 +210,37 @@ def test_memory_benchmark_smoke():
         assert any(line.startswith(arm) for line in lines), arm
     match = re.fullmatch(r"max peak ratio vs ce: (\d+\.\d+)", lines[-1])
     assert match and float(match.group(1)) >= 1.0
+
+
+def test_validation_elbo_in_chunks_equals_the_formula_and_stays_bounded():
+    """diffusion.elbo over chunks of masked positions: the direct formula's value (float64,
+    chunk sizes that do and do not divide the masked count), and the allocator's peak beyond
+    the model's logits within a few chunks of (tokens x V), where all at once holds the masked
+    rows twice in float64."""
+    from sdce import diffusion
+
+    b, seq_len, vocab, mask_id = 4, 64, 512, 511
+    torch.manual_seed(5)
+    ids = torch.randint(0, vocab - 1, (b, seq_len))
+    table = torch.randn(seq_len, vocab)
+    model = lambda x: table.expand(x.shape[0], -1, -1).clone()  # noqa: E731  fresh logits per call
+
+    draws = diffusion._draws(ids, mask_id, 3, diffusion._cpu_generator(7), "exact_count", 1e-3)
+    direct = 0.0
+    for noisy, masked, p in draws:  # LLaDA's formula term by term
+        logp = torch.log_softmax(model(noisy).double(), -1)
+        for i, j in masked.nonzero().tolist():
+            direct += float(-logp[i, j, ids[i, j]] / p[i, j])
+    direct /= 3 * b * seq_len
+    values = {
+        c: diffusion.elbo(model, ids, mask_id, n_draws=3, seed=7, chunk_tokens=c) for c in (None, 7, 64)
+    }
+    assert all(v == pytest.approx(direct, rel=1e-12) for v in values.values()), values
+
+    peak = _bench().allocator_peak
+    row = vocab * 4
+    logits = b * seq_len * row
+    chunked = peak(lambda: diffusion.elbo(model, ids, mask_id, n_draws=1, seed=7, chunk_tokens=8))
+    plain = peak(lambda: diffusion.elbo(model, ids, mask_id, n_draws=1, seed=7, chunk_tokens=None))
+    bound = logits + 8 * 8 * row + 64 * b * seq_len * 8  # logits + chunk buffers + per-token
+    assert chunked <= bound < plain, (chunked / row, bound / row, plain / row)

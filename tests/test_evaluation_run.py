@@ -140,3 +140,24 @@ def test_milestones_get_the_fast_suite_and_the_official_revision_names(
         assert 0.0 <= m["babylm2025_blimp"] <= 1.0 and "babylm2025_reading_eye_tracking" not in m
     assert revision_name(1_000_000) == "chck_1M" and revision_name(20_000_000) == "chck_20M"
     assert revision_name(1_500_000) == "words_1500000"
+
+
+def test_the_evaluate_command_scores_in_the_runs_loss_chunks(trained, tiny_data, tmp_path, capsys):
+    """`sdce evaluate --chunk-tokens N` (the evaluate rules pass the run's
+    training.loss_chunk_tokens): the same validation loss over 7-token chunks, the default
+    chunk and all at once (0), to float precision; the loop's own last validation agrees."""
+    from sdce.cli import main
+    from sdce.io import read_json
+
+    out, _ = trained
+    losses = {}
+    for chunk in ("7", "0", None):
+        args = ["evaluate", "--params", json.dumps(EVAL), "--model", str(out / "model")]
+        args += ["--val-shard", str(tiny_data / "validation.bin"), "--block-size", "64"]
+        args += ["--name", "m", "--seed", "1", "--out", str(tmp_path / f"{chunk}.json")]
+        assert main(args + (["--chunk-tokens", chunk] if chunk else [])) in (0, None)
+        losses[chunk] = read_json(tmp_path / f"{chunk}.json")["val_loss"]
+    assert losses["7"] == pytest.approx(losses[None], rel=1e-6)
+    assert losses["0"] == pytest.approx(losses[None], rel=1e-6)
+    last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_loss"] for r in last if "val_loss" in r][-1] == pytest.approx(losses[None], rel=1e-5)

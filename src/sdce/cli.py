@@ -174,12 +174,17 @@ def cmd_evaluate(args) -> None:
     torch_threads(args.threads)
     folders = _named_folders(args.pairs)
     measure = _measure(args.measure)
+    from sdce.losses import CHUNK_TOKENS
+
+    chunk = {"chunk_tokens": CHUNK_TOKENS if args.chunk_tokens is None else args.chunk_tokens or None}
     if args.milestones:
-        found = evaluate_milestones(args.model, args.val_shard, args.block_size, spec, folders, measure)
+        found = evaluate_milestones(
+            args.model, args.val_shard, args.block_size, spec, folders, measure, **chunk
+        )
         result = {"run": args.name, "fold": args.fold, "seed": args.seed, "milestones": found}
         print(f"evaluate: {len(found)} milestone(s) of {args.model}")
     else:
-        result = evaluate_model(args.model, args.val_shard, args.block_size, spec, folders, measure)
+        result = evaluate_model(args.model, args.val_shard, args.block_size, spec, folders, measure, **chunk)
         result.update({"run": args.name, "fold": args.fold, "seed": args.seed})
         print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, sort_keys=True))
     write_json(args.out, result)
@@ -619,6 +624,13 @@ def _evaluation_stages(sub, add) -> None:
         default='{"name": "next_token"}',
         help="JSON: the validation measure of the run's objective and its options "
         "(next_token, or elbo with n_draws for masked diffusion)",
+    )
+    sp.add_argument(
+        "--chunk-tokens",
+        type=int,
+        metavar="N",
+        help="the validation loss over N tokens at a time (the run's training.loss_chunk_tokens; "
+        "0 = all at once; default: the losses' default chunk)",
     )
     sp.add_argument(
         "--milestones", action="store_true", help="--model is a run folder: evaluate its milestones"

@@ -53,6 +53,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from sdce.losses import CHUNK_TOKENS
+
 ModelFn = Callable[[torch.Tensor], torch.Tensor]
 
 REMASKING = ("low_confidence", "random")
@@ -215,6 +217,7 @@ def elbo(
     eps: float = 1e-3,
     method: str = "exact_count",
     row_seeds=None,
+    chunk_tokens: int | None = CHUNK_TOKENS,
 ) -> float:
     """Monte Carlo estimate of the negative ELBO in nats per token (exp() bounds perplexity).
 
@@ -243,6 +246,9 @@ def elbo(
     (seed, row_seeds[b]) instead of one generator for the batch, so a sequence is scored on
     the same draws whatever batch it is in (the validation measure seeds each window by its
     index in the shard).
+
+    `chunk_tokens`: the masked positions' cross-entropy is taken over this many at a time
+    (`training.loss_chunk_tokens`; None: all at once), the same value either way.
     """
     b, seq_len = _check_ids(input_ids)
     if n_draws < 1:
@@ -262,10 +268,26 @@ def elbo(
         draws = [tuple(torch.cat(parts) for parts in zip(*d, strict=True)) for d in per_draw]
     total = 0.0
     for noisy, masked, p in draws:
-        logits = model_fn(noisy)
-        ce = F.cross_entropy(logits[masked].double(), input_ids[masked], reduction="none")
-        total += float((ce / p[masked].double()).sum())
+        total += _masked_ce_over_p(model_fn(noisy), input_ids, masked, p, chunk_tokens)
     return total / (n_draws * b * seq_len)
+
+
+def _masked_ce_over_p(logits, targets, masked, p, chunk_tokens) -> float:
+    """sum over masked positions of CE_i / p_i, the CE in float64 over `chunk_tokens` masked
+    positions at a time (None: all at once), so that beyond the logits at most one chunk of
+    (tokens x V) is allocated (the plain form copies every masked row to float64 and takes its
+    log-softmax: two (masked x V) float64 tensors, 4x the float32 logits at half the positions
+    masked). Each row's CE does not depend on the chunk it is in."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    rows = masked.reshape(-1).nonzero().squeeze(1)
+    targets, p = targets.reshape(-1), p.reshape(-1)
+    step = chunk_tokens or max(len(rows), 1)
+    total = 0.0
+    for start in range(0, len(rows), step):
+        i = rows[start : start + step]
+        ce = F.cross_entropy(flat[i].double(), targets[i], reduction="none")
+        total += float((ce / p[i].double()).sum())
+    return total
 
 
 def _cpu_generator(*seed: int) -> torch.Generator:

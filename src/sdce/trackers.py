@@ -6,6 +6,7 @@ is on or in processes other than the main one, so the loop never branches on it.
 selected tracker whose package is missing is refused by `check` before training starts.
 
     record {"kind": "train", "step": 20, "loss": 3.1, ...}  ->  scalar "train/loss" at step 20
+    {"kind": "eval", "val_loss_by_source": {"wiki": 4.1}}   ->  "eval/val_loss_by_source/wiki"
 
 TensorBoard writes event files under `<run folder>/tensorboard/`; a resumed run purges the
 events past its checkpoint's step, as metrics.jsonl is truncated. Weights & Biases keeps the
@@ -36,6 +37,20 @@ def check(spec: dict) -> None:
             )
 
 
+def scalars(values: dict, prefix: str) -> dict[str, float]:
+    """The numbers of a record as tracker scalars, nested dicts flattened by key:
+    {"val_loss_by_source": {"wiki": 4.1}} -> {"<prefix>/val_loss_by_source/wiki": 4.1};
+    strings, booleans and lists are left out."""
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}/{key}"
+        if isinstance(value, dict):
+            out.update(scalars(value, name))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
 class Trackers:
     """The trackers of one run; `log` a metrics record, `close` at the end."""
 
@@ -46,11 +61,8 @@ class Trackers:
         if not self.sinks:
             return
         kind, step = record.get("kind", "train"), record["step"]
-        values = {
-            f"{kind}/{k}": float(v)
-            for k, v in record.items()
-            if k not in ("kind", "step") and isinstance(v, int | float) and not isinstance(v, bool)
-        }
+        body = {k: v for k, v in record.items() if k not in ("kind", "step")}
+        values = scalars(body, kind)
         for sink in self.sinks:
             sink.log(values, step)
 

@@ -53,6 +53,11 @@ def run_measure(wildcards):
     )
 
 
+def run_chunk_tokens(wildcards):
+    """The run's loss chunk size, for its validation in the evaluation jobs (0: none)."""
+    return RUNS[wildcards.run]["training"]["loss_chunk_tokens"] or 0
+
+
 def run_part(wildcards):
     """The data partition of a run's job in its fold."""
     return sdce_plan.data_part(config, wildcards.run, wildcards.fold)

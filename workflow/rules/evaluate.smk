@@ -31,10 +31,11 @@ rule evaluate:
         spec=section_json("evaluation"),
         block_size=run_block_size,
         measure=run_measure,
+        chunk=run_chunk_tokens,
         pairs=pair_arg,
     shell:
         "sdce evaluate --params {params.spec:q} --model {input.model} --val-shard {input.validation}"
-        " --block-size {params.block_size} --measure {params.measure:q} --name {wildcards.run}"
+        " --block-size {params.block_size} --measure {params.measure:q} --chunk-tokens {params.chunk} --name {wildcards.run}"
         " --fold {wildcards.fold} --seed {wildcards.seed}"
         " {params.pairs} --threads {threads} --out {output.result} > {log} 2>&1"
 
@@ -59,11 +60,12 @@ rule evaluate_milestones:
         spec=section_json("evaluation"),
         block_size=run_block_size,
         measure=run_measure,
+        chunk=run_chunk_tokens,
         pairs=pair_arg,
     shell:
         "sdce evaluate --milestones --params {params.spec:q} --model $(dirname {input.summary})"
-        " --val-shard {input.validation} --block-size {params.block_size} --measure {params.measure:q}"
-        " --name {wildcards.run}"
+        " --val-shard {input.validation} --block-size {params.block_size}"
+        " --measure {params.measure:q} --chunk-tokens {params.chunk} --name {wildcards.run}"
         " --fold {wildcards.fold} --seed {wildcards.seed} {params.pairs} --threads {threads} --out {output.result} > {log} 2>&1"
 
 

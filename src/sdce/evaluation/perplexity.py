@@ -12,6 +12,7 @@ import torch
 
 from sdce.data.shards import load_shard, source_ranges
 from sdce.evaluation.validation import BOUNDS, score
+from sdce.losses import CHUNK_TOKENS
 
 
 def evaluate_perplexity(
@@ -21,13 +22,25 @@ def evaluate_perplexity(
     max_tokens: int | None,
     batch_size: int,
     measure: dict | None = None,
+    *,
+    chunk_tokens: int | None = CHUNK_TOKENS,
 ) -> dict:
+    """`chunk_tokens`: the run's `training.loss_chunk_tokens` (the losses' chunk size)."""
     from sdce.model import load_model
 
     measure = measure or {"name": "next_token"}
     model = load_model(model_dir, dtype=torch.float32)
     data, meta = load_shard(val_shard)
-    scores = score(measure, model, data, block_size, max_tokens, batch_size, sources=source_ranges(meta))
+    scores = score(
+        measure,
+        model,
+        data,
+        block_size,
+        max_tokens,
+        batch_size,
+        sources=source_ranges(meta),
+        chunk_tokens=chunk_tokens,
+    )
     loss, n = scores.pop("val_loss"), scores.pop("val_tokens")
     return {
         "val_loss": loss,

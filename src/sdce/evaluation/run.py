@@ -11,6 +11,7 @@ import torch
 from sdce import checkpoint as ckpt
 from sdce.evaluation.perplexity import evaluate_perplexity
 from sdce.io import read_json
+from sdce.losses import CHUNK_TOKENS
 
 
 def evaluate_model(
@@ -20,6 +21,8 @@ def evaluate_model(
     spec: dict,
     pair_folders: dict[str, str],
     measure: dict | None = None,
+    *,
+    chunk_tokens: int | None = CHUNK_TOKENS,
 ) -> dict:
     from transformers import AutoTokenizer
 
@@ -27,7 +30,13 @@ def evaluate_model(
     from sdce.model import load_model
 
     result = evaluate_perplexity(
-        str(model_dir), val_shard, block_size, spec["eval_tokens"], spec["batch_size"], measure
+        str(model_dir),
+        val_shard,
+        block_size,
+        spec["eval_tokens"],
+        spec["batch_size"],
+        measure,
+        chunk_tokens=chunk_tokens,
     )
     folders = dict(pair_folders)
     if spec.get("blimp_path"):
@@ -77,6 +86,8 @@ def evaluate_milestones(
     spec: dict,
     pair_folders: dict[str, str],
     measure: dict | None = None,
+    *,
+    chunk_tokens: int | None = CHUNK_TOKENS,
 ) -> list[dict]:
     """One evaluation per milestone checkpoint of a run, in order of words seen."""
     root = Path(run_dir) / "milestones"
@@ -93,7 +104,9 @@ def evaluate_milestones(
     out = []
     for folder in found:
         state = read_json(folder / ckpt.STATE)
-        r = evaluate_model(folder, val_shard, block_size, spec, pair_folders, measure)
+        r = evaluate_model(
+            folder, val_shard, block_size, spec, pair_folders, measure, chunk_tokens=chunk_tokens
+        )
         r.pop("minimal_pairs", None)
         r.pop("babylm", None)
         out.append(

@@ -126,8 +126,8 @@ ELBO_SEED = 0  # the draws of every window are a function of (ELBO_SEED, window 
 def _elbo_sums(
     model, data, offsets, block_size, batch_size, backend, out, chunk_tokens, *, n_draws=8
 ) -> None:
-    """Adds (summed negative ELBO in nats, tokens) over the windows at `offsets` to `out`.
-    `chunk_tokens` does not apply: each draw's cross-entropy is `sdce.diffusion.elbo`'s."""
+    """Adds (summed negative ELBO in nats, tokens) over the windows at `offsets` to `out`;
+    each draw's cross-entropy over `chunk_tokens` masked positions at a time (`diffusion.elbo`)."""
     from sdce.diffusion import elbo
 
     mask_id = getattr(model.config, "mask_token_id", None)
@@ -145,7 +145,13 @@ def _elbo_sums(
         chunk = offsets[i : i + batch_size]
         x, _ = batches.windows(data, chunk, block_size)
         nats = elbo(
-            logits, x.to(out.device), mask_id, n_draws=n_draws, seed=ELBO_SEED, row_seeds=chunk.tolist()
+            logits,
+            x.to(out.device),
+            mask_id,
+            n_draws=n_draws,
+            seed=ELBO_SEED,
+            row_seeds=chunk.tolist(),
+            chunk_tokens=chunk_tokens,
         )
         out += torch.tensor([nats * x.numel(), x.numel()], dtype=out.dtype, device=out.device)
 
