@@ -98,6 +98,21 @@ def test_mixtral_by_hand():
     assert shape.forward_per_token(16) == 2 * 28032 + 4 * 2 * 32 * 16 == 60160
 
 
+def test_a_sliding_window_bounds_the_attention_term():
+    # Mixtral's sliding_window w: a query reads min(T, w) keys, so the attention term is
+    # 4·L·d·min(T, w); the matmul parameters do not change. (Eager attention still computes
+    # the masked scores: PyTorch's counter counts the full T×T; flash kernels skip them.)
+    config = _mixtral()
+    config.sliding_window = 4
+    shape = flops.of_config(config)
+    assert shape.window == 4 and shape.matmul_params == 28032
+    assert shape.forward_per_token(16) == 2 * 28032 + 4 * 2 * 32 * 4
+    assert shape.forward_per_token(3) == 2 * 28032 + 4 * 2 * 32 * 3  # shorter than the window
+    assert flops.ModelFlops(**flops.shape_dict(shape)) == shape  # as a descriptor stores it
+    config.sliding_window = None
+    assert flops.of_config(config).forward_per_token(16) == 60160
+
+
 def test_moep_by_hand():
     # d 16 (MLP 64), p 8 (MLP 32), 4 layers: 2 dense around 2 parallel, E 4, k 2, V 50
     # a dense block: q, k, v, o 4·16² = 1024, MLP 2·16·64 = 2048: 3072, two of them 6144

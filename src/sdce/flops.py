@@ -7,7 +7,8 @@ MLP projections and the LM head; embedding lookups, norms and biases do no matmu
     training 3 × forward    = 6·N + 12·L·d·T  (backward twice the forward)
 
 (Chowdhery et al. 2022, PaLM, appendix B; Kaplan et al. 2020, section 2.1). As there, the
-attention term counts the full T×T score matrix, not the causal half, and elementwise work
+attention term counts the full T×T score matrix, not the causal half (with Mistral's and
+Mixtral's `sliding_window` w, T×min(T, w): a query reads at most w keys), and elementwise work
 (softmax, norms, the loss and its guidance mix) is left out: for the default study's student
 the guidance mix is ~10·V = 2e4 FLOPs per token against 6·N ≈ 3e6, under 1 %.
 
@@ -35,6 +36,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+# model types whose `sliding_window` (when set) applies to every layer's attention; others
+# (Qwen2's max_window_layers, Gemma 2's alternating layers) are counted with full context
+SLIDING_EVERY_LAYER = {"mistral", "mixtral"}
 # model types whose MLP is gated (gate, up and down projections: 3·d·ff parameters)
 GATED_MLP = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2"}
 
@@ -48,13 +52,15 @@ class ModelFlops:
     attn_width: int  # heads × head dimension (the width of Q, K and V per token)
     # the sum over layers of their attention width where layers differ (MoE-P); None: layers × attn_width
     attn_total: int | None = None
+    window: int | None = None  # sliding-window attention: a query attends at most this many keys
 
     @property
     def attention(self) -> int:
         return self.layers * self.attn_width if self.attn_total is None else self.attn_total
 
     def forward_per_token(self, context: int) -> float:
-        return 2.0 * self.matmul_params + 4.0 * self.attention * context
+        keys = context if self.window is None else min(context, self.window)
+        return 2.0 * self.matmul_params + 4.0 * self.attention * keys
 
     def train_per_token(self, context: int) -> float:
         return 3.0 * self.forward_per_token(context)
@@ -85,8 +91,12 @@ def of_config(config) -> ModelFlops:
     experts = getattr(config, "num_local_experts", None)
     if experts:  # Mixtral: a router d×E and the k experts each token is routed to
         mlp = int(config.num_experts_per_tok) * mlp + d * int(experts)
+    window = _get(config, "sliding_window") if config.model_type in SLIDING_EVERY_LAYER else None
     return ModelFlops(
-        matmul_params=layers * (attn + mlp) + d * vocab, layers=layers, attn_width=heads * head_dim
+        matmul_params=layers * (attn + mlp) + d * vocab,
+        layers=layers,
+        attn_width=heads * head_dim,
+        window=int(window) if window else None,
     )
 
 
