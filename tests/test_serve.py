@@ -243,8 +243,9 @@ def test_the_page_answers_with_the_picked_model(results, server, browser):
     length = browser.find_element(By.CSS_SELECTOR, "input[aria-label='number input for max new tokens']")
     length.send_keys(Keys.CONTROL, "a")
     length.send_keys("6", Keys.TAB)
-    box = browser.find_element(By.CSS_SELECTOR, "textarea[data-testid=textbox]")
     for n, message in enumerate(messages, start=1):
+        # the page disables its textbox until the previous reply's event has finished
+        box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "textarea[data-testid=textbox]")))
         box.send_keys(message, Keys.ENTER)
         wait.until(lambda d, n=n: len([r for r in bot_replies(d) if r]) == n)
     assert bot_replies(browser) == want
