@@ -169,22 +169,23 @@ def _named_folders(items: list[str] | None) -> dict[str, str]:
 def cmd_evaluate(args) -> None:
     from sdce.evaluation.run import evaluate_milestones, evaluate_model
     from sdce.io import write_json
+    from sdce.losses import CHUNK_TOKENS
 
     spec = _params(args, "properties/evaluation", "evaluation")
     torch_threads(args.threads)
     folders = _named_folders(args.pairs)
     measure = _measure(args.measure)
-    from sdce.losses import CHUNK_TOKENS
-
-    chunk = {"chunk_tokens": CHUNK_TOKENS if args.chunk_tokens is None else args.chunk_tokens or None}
+    chunk = CHUNK_TOKENS if args.chunk_tokens is None else args.chunk_tokens or None  # 0: all at once
     if args.milestones:
         found = evaluate_milestones(
-            args.model, args.val_shard, args.block_size, spec, folders, measure, **chunk
+            args.model, args.val_shard, args.block_size, spec, folders, measure, chunk_tokens=chunk
         )
         result = {"run": args.name, "fold": args.fold, "seed": args.seed, "milestones": found}
         print(f"evaluate: {len(found)} milestone(s) of {args.model}")
     else:
-        result = evaluate_model(args.model, args.val_shard, args.block_size, spec, folders, measure, **chunk)
+        result = evaluate_model(
+            args.model, args.val_shard, args.block_size, spec, folders, measure, chunk_tokens=chunk
+        )
         result.update({"run": args.name, "fold": args.fold, "seed": args.seed})
         print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, sort_keys=True))
     write_json(args.out, result)
