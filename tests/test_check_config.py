@@ -56,6 +56,15 @@ BAD = {
         lambda c: c.update(corpus={"source": "files", "path": "/nonexistent/corpus.txt"}),
         "corpus.path: /nonexistent/corpus.txt does not exist",
     ),
+    "validation_corpus_with_folds": (
+        lambda c: c["split"].update(folds=2, validation_corpus={"source": "synthetic"}),
+        "split.validation_corpus: folds cut one corpus into k validation sets; "
+        "give split.folds or a validation corpus, not both",
+    ),
+    "validation_corpus_path_missing": (
+        lambda c: c["split"].update(validation_corpus={"source": "files", "path": "/nonexistent/eval.txt"}),
+        "split.validation_corpus.path: /nonexistent/eval.txt does not exist",
+    ),
     "run_override_unknown_key": (
         lambda c: _run(c, "baseline").update(training={"learning_rat": 0.1}),
         "runs.baseline.training.learning_rat is not a known key: "

@@ -269,3 +269,86 @@ def test_a_subset_larger_than_its_side_is_refused():
         split_documents(docs, {**spec, "validation_subset": 6})
     train, val = split_documents(docs, {**spec, "train_subset": 15, "validation_subset": 5})
     assert (len(train), len(val)) == (15, 5)
+
+
+def test_a_validation_corpus_is_the_validation_split():
+    """split.validation_corpus: train on the whole corpus, validate on the other; a subset is a
+    seeded sample of each side (the same documents for the same seed), not the files' head."""
+    docs = [{"text": f"d{i}", "source": "train"} for i in range(30)]
+    evals = [{"text": f"e{i}", "source": "eval"} for i in range(10)]
+    spec = {"validation_fraction": 0.5, "shuffle": False, "seed": 3, "folds": None}
+    assert split_documents(docs, spec, validation=evals) == (docs, evals)
+    sub = {**spec, "train_subset": 12, "validation_subset": 4}
+    train, val = split_documents(docs, sub, validation=evals)
+    assert (len(train), len(val)) == (12, 4) and train != docs[:12]
+    assert {d["text"] for d in train} < {d["text"] for d in docs} and val[0]["source"] == "eval"
+    assert split_documents(docs, sub, validation=evals) == (train, val)
+    assert split_documents(docs, {**sub, "seed": 4}, validation=evals)[0] != train
+    with pytest.raises(SplitError, match="split.validation_subset: 11 is more than the 10 validation"):
+        split_documents(docs, {**spec, "validation_subset": 11}, validation=evals)
+
+
+def test_a_missing_validation_split_falls_back_to_the_fraction_when_asked(tmp_path, run_sdce):
+    """split.validation_missing: split: a dataset without the validation split gives an empty
+    validation corpus (its stats say why) and the split job holds out the fraction instead;
+    without it the corpus job fails naming the split."""
+    import datasets
+
+    texts = [f"document number {i}" for i in range(20)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts})}).save_to_disk(
+        str(tmp_path / "saved")
+    )
+    spec = {"source": "hf", "hf_name": str(tmp_path / "saved"), "hf_split": "validation"}
+    files = {"--out": tmp_path / "v.jsonl", "--stats": tmp_path / "v.json"}
+    args = ["corpus", "--params", json.dumps(spec), *(str(x) for kv in files.items() for x in kv)]
+    proc = run_sdce(*args, check=False)
+    assert proc.returncode == 2 and "validation" in proc.stderr and not (tmp_path / "v.jsonl").exists()
+    proc = run_sdce(*args, "--missing-split-ok")
+    assert "no split 'validation'" in proc.stdout
+    assert json.loads((tmp_path / "v.json").read_text())["documents"] == 0
+    corpus = {"source": "hf", "hf_name": str(tmp_path / "saved")}
+    run_sdce(
+        "corpus",
+        "--params",
+        json.dumps(corpus),
+        "--out",
+        tmp_path / "c.jsonl",
+        "--stats",
+        tmp_path / "c.json",
+    )
+    split = {"validation_fraction": 0.25, "shuffle": True, "seed": 5, "validation_missing": "split"}
+    out = ["--train", tmp_path / "t.jsonl", "--validation", tmp_path / "val.jsonl"]
+    common = ["split", "--corpus", tmp_path / "c.jsonl", "--validation-corpus", tmp_path / "v.jsonl", *out]
+    proc = run_sdce(*common, "--params", json.dumps(split))
+    assert "holding out split.validation_fraction=0.25" in proc.stdout
+    val = corpus_mod.read_documents(tmp_path / "val.jsonl")
+    expected = split_documents(corpus_mod.read_documents(tmp_path / "c.jsonl"), {**split, "folds": None})[1]
+    assert len(val) == 5 and val == expected
+    proc = run_sdce(*common, "--params", json.dumps({**split, "validation_missing": "error"}), check=False)
+    assert proc.returncode == 2 and "split.validation_corpus holds no documents" in proc.stderr
+
+
+def test_source_files_are_what_a_corpus_reads(tmp_path):
+    """The rule inputs of a corpus: the files its loader reads, none for the generator or a hub name."""
+    (tmp_path / "babylm").mkdir()
+    for name in ("a.train", "b.train", "notes.md"):
+        (tmp_path / "babylm" / name).write_text("x\n")
+    babylm = corpus_mod.source_files({"source": "babylm", "path": str(tmp_path / "babylm")})
+    assert [p.name for p in babylm] == ["a.train", "b.train"]
+    (tmp_path / "texts").mkdir()
+    for name in ("a.txt", "b.jsonl", "c.csv"):
+        (tmp_path / "texts" / name).write_text("x\n")
+    files = corpus_mod.source_files({"source": "files", "path": str(tmp_path / "texts")})
+    assert [p.name for p in files] == ["a.txt", "b.jsonl"]
+    assert corpus_mod.source_files({"source": "hf", "hf_name": "wikitext"}) == []
+    assert corpus_mod.source_files({"source": "synthetic"}) == []
+
+
+def test_a_pretrained_tokenizer_that_cannot_be_loaded_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = {"kind": "pretrained", "path": "no-such-org/no-such-tokenizer", "special_tokens": []}
+    with pytest.raises(
+        TokenizerError, match="tokenizer.path: no-such-org/no-such-tokenizer is neither a folder"
+    ):
+        build_tokenizer(spec, (), tmp_path / "tok")
+    assert not (tmp_path / "tok").exists()

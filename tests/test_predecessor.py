@@ -289,10 +289,10 @@ def test_surrogate_run_from_a_predecessor_config(assets, tmp_path, capsys):
     )  # fmt: skip
     assert rc == 0, err
     for made in (
-        "data/train.jsonl",
-        "tokenizer",
-        "shards/train.bin",
-        "teacher.json",
+        "pipeline/data/main/train.jsonl",
+        "pipeline/tokenizers/main",
+        "pipeline/shards/main/train.bin",
+        "pipeline/teachers/surrogate/descriptors/main.json",
         "model",
         "summary.json",
     ):
@@ -331,10 +331,57 @@ def test_standard_training_on_a_saved_dataset(assets, tmp_path, capsys):
     )  # fmt: skip
     assert rc == 0, err
     assert json.loads(stdout.splitlines()[-1])["objective"] == "ce"
-    assert not (out / "teacher.json").exists()
+    assert not (out / "pipeline" / "teachers").exists()
     assert all("guidance" not in r for r in records(out))
-    validation = [json.loads(line) for line in (out / "data" / "validation.jsonl").read_text().splitlines()]
+    validation = [
+        json.loads(line)
+        for line in (out / "pipeline" / "data" / "main" / "validation.jsonl").read_text().splitlines()
+    ]
     assert len(validation) == 4  # the dataset's own validation split
+
+
+def planned_stages(out: Path) -> dict[str, int]:
+    """The jobs a dry run of the translated study in `out` plans for its run's stages."""
+    import re
+    import subprocess
+
+    from sdce import dag
+
+    study = out / "pipeline" / "study.yaml"
+    targets = [str(p) for p in standalone.stage_targets(yaml.safe_load(study.read_text())).values() if p]
+    cmd = dag.command(study, args=["--directory", str(out), *targets, "--dry-run", "--quiet", "rules"])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dag.environment(), check=True)
+    jobs = {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, flags=re.M)}
+    jobs.pop("total", None)
+    return jobs
+
+
+def test_the_stages_are_the_pipelines_rules(assets, tmp_path, capsys):
+    """`sdce train --config` builds its data through the repository's Snakefile: the translated
+    study in output_dir/pipeline/study.yaml, kept up to date by Snakemake's rule and no record of
+    its own. After a run nothing is left to do; an edited evaluation file reruns its corpus, the
+    split and what follows, an edited training file the corpus and what follows."""
+    from sdce.data.corpus import read_documents
+
+    lines = (assets / "train.txt").read_text().splitlines()
+    train, evals = tmp_path / "train.txt", tmp_path / "eval.txt"
+    train.write_text("\n".join(lines[:34]) + "\n")
+    evals.write_text("\n".join(lines[34:]) + "\n")
+    out = tmp_path / "out"
+    doc = seeds_config(assets, out, **{"data.train_file": str(train), "data.eval_file": str(evals)})
+    flags = ["--max_seq_length", "32", "--num_epochs", "0.25", "--standard_training", "--no-progress"]
+    rc, _, err = sdce_train(capsys, "--config", write_config(tmp_path / "seeds.yaml", doc), *flags)
+    assert rc == 0, err
+    assert not list(out.rglob("stages.json"))
+    data = out / "pipeline" / "data" / "main"
+    assert [d["text"] for d in read_documents(data / "validation.jsonl")] == lines[34:]
+    assert len(read_documents(data / "train.jsonl")) == 34
+    assert planned_stages(out) == {}
+    evals.write_text(evals.read_text() + "one more evaluation line\n")
+    after_eval = {"validation_corpus": 1, "split": 1, "tokenizer": 1, "encode": 2}
+    assert planned_stages(out) == after_eval
+    train.write_text(train.read_text() + "one more training line\n")
+    assert planned_stages(out) == {**after_eval, "corpus": 1}
 
 
 def test_kl_run_from_a_predecessor_config(assets, tmp_path, capsys):
@@ -560,7 +607,7 @@ def test_dlm_sft_never_masks_the_prompt(assets, dlm_assets, tmp_path, capsys, mo
         prompt = torch.arange(masked.shape[1])[None, :] < lengths[:, None]
         assert (lengths > 0).all() and not (masked & prompt).any()
     assert any(masked.any() for masked, _ in seen)
-    tokens = json.loads((out / "tokenizer" / "tokenizer_config.json").read_text())
+    tokens = json.loads((out / "pipeline" / "tokenizers" / "main" / "tokenizer_config.json").read_text())
     assert "<eot_id>" in json.dumps(tokens)  # the chat markers, one id each
 
 
@@ -573,10 +620,15 @@ def test_train_subset_size_limits_the_training_documents(assets, dlm_assets, tmp
     plan = dlm_plan(path, base, "--train_subset_size", "10", "--ref_subset_size", "3")
     assert (plan["split"]["train_subset"], plan["split"]["validation_subset"]) == (10, 3)
     standalone.prepare(plan, log=lambda *_: None)
-    data = Path(plan["output_dir"]) / "data"
-    train, val = read_documents(data / "train.jsonl"), read_documents(data / "validation.jsonl")
+    data = Path(plan["output_dir"]) / "pipeline" / "data"
+    train, val = (
+        read_documents(data / "main" / "train.jsonl"),
+        read_documents(data / "main" / "validation.jsonl"),
+    )
     assert (len(train), len(val)) == (10, 3)
-    shard = json.loads((Path(plan["output_dir"]) / "shards" / "train.bin.json").read_text())
+    shard = json.loads(
+        (Path(plan["output_dir"]) / "pipeline" / "shards" / "main" / "train.bin.json").read_text()
+    )
     assert shard["documents"] == 10
     # a seeded sample: the first 10 of the split's shuffle under data.eval_split_seed
     whole, held = split_documents(

@@ -34,7 +34,11 @@ def torch_threads(n: int) -> None:
 def cmd_corpus(args) -> None:
     from sdce.data.corpus import build_corpus
 
-    stats = build_corpus(_params(args, "properties/corpus", "corpus"), args.out, args.stats)
+    spec = _params(args, "properties/corpus", "corpus")
+    stats = build_corpus(spec, args.out, args.stats, missing_split_ok=args.missing_split_ok)
+    if "missing_split" in stats:
+        print(f"corpus: warning: {stats['missing_split']}: no documents (split.validation_missing: split)")
+        return
     print(
         f"corpus: {stats['documents']} documents, {stats['words']} words "
         f"from {len(stats['sources'])} source(s)"
@@ -45,8 +49,16 @@ def cmd_split(args) -> None:
     from sdce.data.corpus import read_documents, write_documents
     from sdce.data.split import split_documents
 
-    docs = read_documents(args.corpus)
-    train, val = split_documents(docs, _params(args, "properties/split", "split"), fold=args.fold)
+    docs, spec = read_documents(args.corpus), _params(args, "properties/split", "split")
+    validation = read_documents(args.validation_corpus) if args.validation_corpus else None
+    if validation == [] and spec["validation_missing"] == "split":
+        print(
+            f"split: warning: the validation corpus has no documents ({args.validation_corpus}); "
+            f"holding out split.validation_fraction={spec['validation_fraction']} of the corpus "
+            f"(shuffle {spec['shuffle']}, seed {spec['seed']})"
+        )
+        validation = None
+    train, val = split_documents(docs, spec, fold=args.fold, validation=validation)
     write_documents(args.train, train)
     write_documents(args.validation, val)
     print(f"split: {len(train)} train / {len(val)} validation documents")
@@ -376,26 +388,19 @@ def cmd_check_config(args) -> None:
 
 def cmd_run(args) -> int:
     """Check the study, then run it through Snakemake with this study as the whole config."""
-    import os
     import subprocess
     from pathlib import Path
 
+    from sdce import dag
     from sdce.plan import plan
 
     config = Path(args.config)
     if not config.is_file():
         raise FileNotFoundError(f"config file not found: {config}")
     plan(cfg.load(config))  # refused here, in one line, before Snakemake starts
-    repo = Path(__file__).resolve().parents[2]
-    if not (repo / "Snakefile").is_file():
-        raise FileNotFoundError(f"sdce run needs the repository's Snakefile, not found at {repo}")
-    bin_dir = Path(sys.executable).parent
-    cmd = [str(bin_dir / "snakemake"), "-s", str(repo / "Snakefile"), "--configfile", str(config.resolve())]
-    cmd += ["--profile", str(repo / "profiles" / args.profile), "--cores", str(args.cores or os.cpu_count())]
-    cmd += args.snakemake_args
+    cmd = dag.command(config, profile=args.profile, cores=args.cores, args=args.snakemake_args)
     print("+ " + " ".join(cmd), flush=True)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}  # rules call sdce
-    return subprocess.call(cmd, env=env)
+    return subprocess.call(cmd, env=dag.environment())
 
 
 def cmd_config_docs(args) -> None:
@@ -522,9 +527,15 @@ def _data_stages(sub, add) -> None:
     sp = add("corpus", cmd_corpus, "load the corpus from its source")
     sp.add_argument("--out", required=True)
     sp.add_argument("--stats", required=True)
+    sp.add_argument(
+        "--missing-split-ok",
+        action="store_true",
+        help="a Hugging Face dataset without the split gives an empty corpus (split.validation_missing)",
+    )
 
     sp = add("split", cmd_split, "seeded train/validation split")
     sp.add_argument("--corpus", required=True)
+    sp.add_argument("--validation-corpus", help="the documents of split.validation_corpus")
     sp.add_argument("--fold", type=int, help="with split.folds: the held-out fold (0-based)")
     sp.add_argument("--train", required=True)
     sp.add_argument("--validation", required=True)

@@ -232,14 +232,25 @@ def check_run(run: dict, where: str) -> None:
         raise ConfigError(str(err)) from None
 
 
-def _check_corpus(corpus: dict) -> None:
+def _check_corpus(corpus: dict, where: str = "corpus") -> None:
     if corpus["source"] in _PATH_SOURCES:
         if corpus["path"] is None:
-            raise ConfigError(f"corpus.path: required when corpus.source is {corpus['source']}")
+            raise ConfigError(f"{where}.path: required when {where}.source is {corpus['source']}")
         if not Path(corpus["path"]).exists():
-            raise ConfigError(f"corpus.path: {corpus['path']} does not exist")
+            raise ConfigError(f"{where}.path: {corpus['path']} does not exist")
     if corpus["source"] == "hf" and corpus["hf_name"] is None:
-        raise ConfigError("corpus.hf_name: required when corpus.source is hf")
+        raise ConfigError(f"{where}.hf_name: required when {where}.source is hf")
+
+
+def _check_split(split: dict) -> None:
+    if split["validation_corpus"] is None:
+        return
+    if split["folds"] is not None:
+        raise ConfigError(
+            "split.validation_corpus: folds cut one corpus into k validation sets; "
+            "give split.folds or a validation corpus, not both"
+        )
+    _check_corpus(split["validation_corpus"], "split.validation_corpus")
 
 
 @dataclass(frozen=True)
@@ -262,6 +273,7 @@ def plan(study: dict) -> Plan:
             f"baseline: '{study['baseline']}' is not one of the runs ({', '.join(study['runs'])})"
         )
     _check_corpus(study["corpus"])
+    _check_split(study["split"])
     grid = expand_runs(study)
     runs = {name: resolve_run(study, name) for name in grid}
     for name, run in runs.items():

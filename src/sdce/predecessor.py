@@ -1,21 +1,23 @@
-"""One training outside Snakemake from the predecessor's configuration: `sdce train --config FILE`.
+"""One training from the predecessor's configuration: `sdce train --config FILE`.
 
 The predecessor trainer (one `train.py`) read a YAML with the sections
 `model`, `surrogate`, `data`, `training` and `evaluation`, and flags such as `--base_model`,
 `--surrogate_k` or `--standard_training` over it. This module takes those files and flags
-unchanged, translates them into sdce's own validated sections (corpus, split, tokenizer,
-teacher, run) and runs the pipeline's stage functions in order into `training.output_dir`:
+unchanged and translates them (`translate`, pure) into sdce's validated sections, then into a
+one-run study (`study`, pure) whose results folder is `training.output_dir/pipeline`. The
+repository's Snakefile builds that study's data and teacher (`sdce.dag.build`: the pipeline's
+own rules, up to date by Snakemake's one rule), and the run trains in this process:
 
-    data/{train,validation}.jsonl   the documents (sdce.data.corpus, sdce.data.split)
-    tokenizer/                      the student's pretrained tokenizer (sdce.data.tokenizer)
-    shards/{train,validation}.bin   token shards (sdce.data.shards)
-    teacher.json                    the surrogate checked against the student (sdce.teachers.lm)
+    pipeline/study.yaml             the translated study
+    pipeline/data/, tokenizers/,    its corpus, split, the student's tokenizer, token shards
+      shards/, teachers/, logs/     and the surrogate's descriptor, as `sdce run` makes them
+    .snakemake/                     Snakemake's metadata and lock for this output_dir
     sdce.json                       the predecessor's settings and the sdce settings they became
     model/, metrics.jsonl, ...      the run (sdce.train.train, the one training loop)
 
-A stage whose inputs did not change since the last call is skipped (data/stages.json), so
-running the same command again (to resume) goes straight to training. Every predecessor key maps
-to an sdce key, or is refused or reported with its name (README, "Standalone training").
+An edited training or evaluation file reruns what depends on it; the same command again (to
+resume) finds every stage up to date and goes straight to training. Every predecessor key maps
+to an sdce key, or is refused or reported with its name (docs/predecessor-configs.md).
 The predecessor's diffusion-LM trainer (`--config_path FILE --base_path DIR`) has a layout of its
 own, defined and translated in `sdce.predecessor_dlm` into the same plan, run by the same stages.
 
@@ -42,8 +44,6 @@ from pathlib import Path
 import yaml
 
 from sdce import config as cfg
-from sdce import trackers
-from sdce.backends import resolve as resolve_backend
 from sdce.config import ConfigError
 
 DTYPES = ("float16", "bfloat16", "float32")
@@ -274,6 +274,8 @@ def translate(written: dict, explicit: set[str], *, processes: int = 1, no_resum
     loss_type = _loss_type(t, s, explicit)
     model = _model(m, t, warnings)
     backend = _backend(t)
+    from sdce.backends import resolve as resolve_backend  # torch: imported when a config is translated
+
     training = _training(t, m, d["max_seq_length"], processes, resolve_backend(backend) == "xla", warnings)
     guidance, teacher = _guidance(loss_type, s), None
     if loss_type != "standard":
@@ -381,6 +383,8 @@ def _training(t: dict, m: dict, block_size: int, processes: int, xla: bool, warn
         "z_loss": t["z_loss_multiplier"] if t["use_z_loss"] else 0.0,
         "tracking": _tracking(t),
     }
+    from sdce import trackers
+
     trackers.check(training["tracking"])  # a selected tracker's package, before any data work
     for old_key, key in (
         ("logging_steps", "log_interval"),
@@ -608,154 +612,102 @@ def finalize(
     return cfg.validate(run, "run", where="run"), formula
 
 
-# --- the stages ----------------------------------------------------------------------------------
+# --- the stages: the translated study through the pipeline ------------------------------------
+
+RUN = "run"  # the one run of the translated study
+STAGES = "pipeline"  # its results folder under output_dir: data/, tokenizers/, shards/, teachers/
 
 
-class _Stages:
-    """Which stages of an output_dir are up to date (their key: the inputs' hash)."""
-
-    def __init__(self, root: Path):
-        from sdce.io import read_json
-
-        self.file = root / "data" / "stages.json"
-        self.done = read_json(self.file) if self.file.exists() else {}
-
-    def fresh(self, name: str, key: str, *outputs: Path) -> bool:
-        return self.done.get(name) == key and all(Path(o).exists() for o in outputs)
-
-    def mark(self, name: str, key: str) -> None:
-        from sdce.io import write_json
-
-        self.done[name] = key
-        write_json(self.file, self.done)
+def _absolute(path: str | None) -> str | None:
+    """A local path as an absolute one (the stage jobs run in output_dir); names as they are."""
+    if path is None or not Path(path).expanduser().exists():
+        return path
+    return str(Path(path).expanduser().resolve())
 
 
-def _identity(spec: dict | None):
-    """What a corpus spec reads: local files by name, size and time; hub names as they are."""
-    if spec is None:
-        return None
-    where = spec.get("path") or spec.get("hf_name")
-    path = Path(where).expanduser()
-    if not path.exists():
-        return spec
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return [spec, [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]]
+def _local(spec: dict) -> dict:
+    return {**spec, **{k: _absolute(spec[k]) for k in ("path", "hf_name") if spec.get(k)}}
+
+
+def study(plan: dict) -> dict:
+    """The one-run study the plan's stages are (a pure function of the plan, validated and
+    planned): its corpus, split (the evaluation corpus as split.validation_corpus), the
+    student's tokenizer and the surrogate, with output_dir/pipeline as its results folder.
+    The run's steps are left to `finalize`, which needs the encoded shard."""
+    from sdce.plan import plan as check
+
+    split = {**plan["split"], "validation_corpus": None, "validation_missing": "error"}
+    evals = plan["eval_corpus"]
+    if evals is not None:  # a hub dataset without the split: held out of the corpus instead
+        missing = "split" if evals["source"] == "hf" else "error"
+        split.update(validation_corpus=_local(evals), validation_missing=missing)
+    tokenizer = {
+        "kind": "pretrained",
+        "path": _absolute(plan["student"]),
+        "special_tokens": list(plan.get("special_tokens", [])),
+    }
+    teachers = {}
+    if plan["teacher"]:
+        teacher = plan["teacher"]
+        teachers[plan["run"]["guidance"]["teacher"]] = {
+            **teacher,
+            "name_or_path": _absolute(teacher["name_or_path"]),
+        }
+    doc = cfg.validate(
+        {
+            "experiment": STAGES,
+            "results_dir": str(Path(plan["output_dir"]).expanduser().resolve()),
+            "seeds": [plan["seed"]],
+            "corpus": _local(plan["corpus"]),
+            "split": split,
+            "tokenizer": tokenizer,
+            "teachers": teachers,
+            "runs": {RUN: copy.deepcopy(plan["run"])},
+            "baseline": RUN,
+        }
+    )
+    check(doc)
+    return doc
+
+
+def stage_targets(doc: dict) -> dict:
+    """The paths of what the study's run trains from: its shards, tokenizer and the teacher
+    artifact its objective needs (the registry says which), under the study's results."""
+    from sdce import objectives
+    from sdce.plan import data_part, part_fold, resolve_run
+
+    results = Path(doc["results_dir"]) / doc["experiment"]
+    part = data_part(doc, RUN, "main")
+    found = objectives.artifact(resolve_run(doc, RUN)["guidance"], part)
+    return {
+        "train_shard": results / "shards" / part / "train.bin",
+        "val_shard": results / "shards" / part / "validation.bin",
+        "tokenizer": results / "tokenizers" / part_fold(part),
+        "teacher": results / found if found else None,
+    }
 
 
 def prepare(plan: dict, log=print) -> dict:
-    """Documents, tokenizer, shards and the surrogate's descriptor under output_dir (each
-    skipped when up to date); their paths."""
-    from sdce.data.corpus import read_documents, write_documents
-    from sdce.data.shards import encode_documents
-    from sdce.data.tokenizer import load as load_tokenizer
-    from sdce.io import stable_hash
+    """The plan's data and teacher, made or found up to date by the pipeline's own rules
+    (`sdce.dag.build`: the translated study, its config in output_dir/pipeline/study.yaml,
+    Snakemake's metadata in output_dir/.snakemake); their paths."""
+    from sdce import dag
+    from sdce.io import atomic_path
 
-    out = Path(plan["output_dir"])
-    data, shards, tok_dir = out / "data", out / "shards", out / "tokenizer"
-    paths = {
-        "train_shard": shards / "train.bin",
-        "val_shard": shards / "validation.bin",
-        "tokenizer": tok_dir,
-        "teacher": out / "teacher.json" if plan["teacher"] else None,
-    }
-    stages = _Stages(out)
-
-    key = stable_hash([_identity(plan["corpus"]), _identity(plan["eval_corpus"]), plan["split"]])
-    if not stages.fresh("documents", key, data / "train.jsonl", data / "validation.jsonl"):
-        train, val = _documents(plan, data, log)
-        write_documents(data / "train.jsonl", train)
-        write_documents(data / "validation.jsonl", val)
-        stages.mark("documents", key)
-        log(f"documents: {len(train)} train / {len(val)} validation")
-
-    special = plan.get("special_tokens", [])
-    key = stable_hash([key, _identity({"path": plan["student"]}) if plan["student"] else None, *special])
-    if not stages.fresh("tokenizer", key, tok_dir):
-        _student_tokenizer(plan["student"], tok_dir, special)
-        stages.mark("tokenizer", key)
+    doc = study(plan)
     _check_positions(plan)
-
-    if not stages.fresh("shards", key, paths["train_shard"], paths["val_shard"]):
-        tokenizer = load_tokenizer(tok_dir)
-        for split in ("train", "validation"):
-            meta = encode_documents(
-                tokenizer, read_documents(data / f"{split}.jsonl"), shards / f"{split}.bin", tok_dir
-            )
-            log(f"encode: {split} {meta['tokens']:,} tokens")
-        stages.mark("shards", key)
-
-    if plan["teacher"]:
-        from sdce.teachers.lm import describe_teacher
-
-        spec = plan["teacher"]
-        tkey = stable_hash([key, spec, _identity({"path": spec["name_or_path"]})])
-        if not stages.fresh("teacher", tkey, paths["teacher"]):
-            desc = describe_teacher(spec, "surrogate", spec["name_or_path"], tok_dir, paths["teacher"])
-            a = desc["alignment"]
-            log(
-                f"surrogate {spec['name_or_path']}: {a['intersection']} shared tokens = "
-                f"{a['teacher_coverage']:.1%} of its vocabulary, {a['student_coverage']:.1%} of the student's"
-            )
-            stages.mark("teacher", tkey)
+    results = Path(doc["results_dir"]) / doc["experiment"]
+    config = results / "study.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(doc, sort_keys=True)
+    if not config.is_file() or config.read_text() != text:
+        with atomic_path(config) as tmp:
+            Path(tmp).write_text(text)
+    paths = stage_targets(doc)
+    targets = [str(p) for p in paths.values() if p is not None]
+    dag.build(config, targets, Path(doc["results_dir"]), results / "logs" / "snakemake.log")
+    log(f"stages up to date under {results} (Snakemake's log: {results / 'logs' / 'snakemake.log'})")
     return paths
-
-
-def _documents(plan: dict, data: Path, log) -> tuple[list[dict], list[dict]]:
-    """(training, validation documents): the evaluation corpus, or a split of the training one."""
-    from sdce.data.corpus import build_corpus, read_documents
-    from sdce.data.split import split_documents, take_subset
-
-    docs_path = data / "corpus.jsonl"
-    build_corpus(plan["corpus"], docs_path, data / "corpus.stats.json")
-    docs, val, split = read_documents(docs_path), None, plan["split"]
-    evals = plan["eval_corpus"]
-    if evals is not None:
-        try:
-            build_corpus(evals, data / "eval_corpus.jsonl", data / "eval_corpus.stats.json")
-            val = read_documents(data / "eval_corpus.jsonl")
-        except (KeyError, ValueError) as e:  # a hub dataset without the evaluation split
-            if evals["source"] != "hf" or evals["hf_split"] not in str(e):
-                raise
-            d = plan["predecessor"]["data"]
-            log(f"warning: {_no_eval_split(d)}")
-    if val is None:
-        docs, val = split_documents(docs, {**split, "train_subset": None, "validation_subset": None})
-    elif split.get("train_subset") or split.get("validation_subset"):
-        import numpy as np
-
-        rng = np.random.default_rng(split["seed"])  # a seeded sample of each file's documents
-        docs, val = ([d[i] for i in rng.permutation(len(d))] for d in (docs, val))
-    return take_subset(docs, split.get("train_subset"), "train_subset", "training"), take_subset(
-        val, split.get("validation_subset"), "validation_subset", "validation"
-    )
-
-
-def _student_tokenizer(name: str, out: Path, special_tokens: list[str] = ()) -> None:
-    """The tokenizer of model.name_or_path (a folder, or a name transformers can load), with
-    `special_tokens` added (the chat markers of a prompt/response corpus)."""
-    from sdce.data.tokenizer import build_tokenizer
-
-    if Path(name).expanduser().exists():
-        spec = {"kind": "pretrained", "path": name, "special_tokens": list(special_tokens)}
-        build_tokenizer(cfg.validate(spec, "tokenizer"), (), out)
-        return
-    from transformers import AutoTokenizer
-
-    from sdce.io import atomic_dir
-
-    try:
-        tok = AutoTokenizer.from_pretrained(name)
-    except OSError as e:
-        raise ConfigError(
-            f"model.name_or_path: {name} is neither a folder nor a model transformers can load here: {e}"
-        ) from None
-    if tok.eos_token_id is None:
-        raise ConfigError(f"model.name_or_path: the tokenizer of {name} has no eos token")
-    extra = [t for t in special_tokens if t not in tok.get_vocab()]
-    if extra:
-        tok.add_special_tokens({"additional_special_tokens": extra})
-    with atomic_dir(out) as tmp:
-        tok.save_pretrained(str(tmp))
 
 
 def _check_positions(plan: dict) -> None:

@@ -28,7 +28,6 @@ from pathlib import Path
 
 from sdce import config as cfg
 from sdce import predecessor as base_trainer
-from sdce.backends import resolve as resolve_backend
 from sdce.config import ConfigError
 from sdce.predecessor import _B, _I, _N, _S, DEVICES, PRECISIONS
 
@@ -150,6 +149,8 @@ def translate(written: dict, explicit: set[str], *, processes: int = 1, no_resum
     sft, warnings = t["mode"] == "sft", []
     full = {**{k: v for k, (v, _) in _TRAINING.items()}, **t}  # the surrogate trainer's other keys unset
     backend = base_trainer._backend(full)
+    from sdce.backends import resolve as resolve_backend  # torch: imported when a config is translated
+
     xla = resolve_backend(backend) == "xla"
     training = base_trainer._training(
         full, {"gradient_checkpointing": False}, d["max_seq_length"], processes, xla, warnings

@@ -5,6 +5,7 @@ import json
 from urllib.parse import urlparse
 
 from sdce import objectives as sdce_objectives
+from sdce.data import corpus as sdce_corpus
 from sdce import plan as sdce_plan
 from sdce import ppo as sdce_ppo
 
@@ -32,6 +33,57 @@ wildcard_constraints:
 def image(target):
     """The container image of a build target (used with --sdm apptainer only)."""
     return config["containers"][target]
+
+
+def source_inputs(spec):
+    """The local files a corpus spec reads, as its rule's inputs, so an edited file reruns
+    what depends on it; none under a default storage provider (profiles gpu and tpu: there a
+    job reads the corpus where it is, and Snakemake would look for local paths in the bucket).
+    """
+    if spec is None or workflow.storage_settings.default_storage_provider is not None:
+        return []
+    return [str(path) for path in sdce_corpus.source_files(spec)]
+
+
+def path_inputs(path):
+    """The files of a local model or tokenizer folder (none for a hub name), as with
+    `source_inputs`."""
+    if not path or workflow.storage_settings.default_storage_provider is not None:
+        return []
+    return [str(p) for p in sdce_corpus.folder_files(path)]
+
+
+def tokenizer_inputs(wildcards):
+    spec = config["tokenizer"]
+    return path_inputs(spec["path"] if spec["kind"] == "pretrained" else None)
+
+
+def teacher_source_inputs(wildcards):
+    """The local folder of a pretrained teacher used as it is, whose descriptor it checks."""
+    spec = TEACHERS[wildcards.teacher]
+    return [] if sdce_plan.needs_training(spec) else path_inputs(spec["name_or_path"])
+
+
+def split_inputs(wildcards):
+    """The split's documents: the corpus, and split.validation_corpus's when one is set."""
+    inputs = {"corpus": f"{RESULTS}/data/corpus.jsonl"}
+    if config["split"]["validation_corpus"] is not None:
+        inputs["validation"] = f"{RESULTS}/data/validation_corpus.jsonl"
+    return inputs
+
+
+def validation_corpus_arg(wildcards, input):
+    return (
+        f"--validation-corpus {input.validation}"
+        if "validation" in input.keys()
+        else ""
+    )
+
+
+def missing_split_arg():
+    return (
+        "--missing-split-ok" if config["split"]["validation_missing"] == "split" else ""
+    )
 
 
 def section_json(name):

@@ -4,6 +4,8 @@
 # with its kind (data/, tokenizers/, shards/, ...) and ends with the wildcards: paths that
 # cannot be confused even where wildcard constraints do not reach (default storage).
 rule corpus:
+    input:
+        source_inputs(config["corpus"]),
     output:
         corpus=f"{RESULTS}/data/corpus.jsonl",
         stats=f"{RESULTS}/data/corpus.stats.json",
@@ -19,9 +21,30 @@ rule corpus:
         "sdce corpus --params {params.spec:q} --out {output.corpus} --stats {output.stats} > {log} 2>&1"
 
 
+# split.validation_corpus: the validation documents from a corpus of their own
+rule validation_corpus:
+    input:
+        source_inputs(config["split"]["validation_corpus"]),
+    output:
+        corpus=f"{RESULTS}/data/validation_corpus.jsonl",
+        stats=f"{RESULTS}/data/validation_corpus.stats.json",
+    log:
+        f"{LOGS}/validation_corpus.log",
+    benchmark:
+        f"{BENCHMARKS}/corpus/validation_corpus.tsv"
+    container:
+        image("cpu")
+    params:
+        spec=json.dumps(config["split"]["validation_corpus"], sort_keys=True),
+        missing=missing_split_arg(),
+    shell:
+        "sdce corpus --params {params.spec:q} {params.missing} --out {output.corpus}"
+        " --stats {output.stats} > {log} 2>&1"
+
+
 rule split:
     input:
-        corpus=rules.corpus.output.corpus,
+        unpack(split_inputs),
     output:
         train=f"{RESULTS}/data/{{part}}/train.jsonl",
         validation=f"{RESULTS}/data/{{part}}/validation.jsonl",
@@ -34,14 +57,16 @@ rule split:
     params:
         spec=part_split_json,
         fold=fold_arg,
+        validation=validation_corpus_arg,
     shell:
-        "sdce split --params {params.spec:q} {params.fold} --corpus {input.corpus}"
+        "sdce split --params {params.spec:q} {params.fold} --corpus {input.corpus} {params.validation}"
         " --train {output.train} --validation {output.validation} > {log} 2>&1"
 
 
 rule tokenizer:
     input:
         train=f"{RESULTS}/data/{{fold}}/train.jsonl",
+        source=tokenizer_inputs,
     output:
         tokenizer=directory(f"{RESULTS}/tokenizers/{{fold}}"),
     log:

@@ -94,6 +94,7 @@ rule teacher_train:
 rule teacher:
     input:
         unpack(teacher_model_inputs),
+        source=teacher_source_inputs,
         tokenizer=part_tokenizer,
     output:
         descriptor=f"{RESULTS}/teachers/{{teacher}}/descriptors/{{part}}.json",

@@ -49,9 +49,39 @@ def _require_path(spec: dict) -> Path:
     return path
 
 
+_SAVED = ("dataset_info.json", "state.json", "dataset_dict.json")  # Dataset(Dict).save_to_disk
+_SUFFIXES = {".txt", ".json", ".jsonl"}
+
+
+def folder_files(path: str | Path) -> list[Path]:
+    """Every file under a local path (the path itself for a file; none when it does not exist)."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+
+
+def source_files(spec: dict) -> list[Path]:
+    """The local files a corpus spec reads (none for the generator or a hub dataset): the
+    inputs of the rule that builds it, so an edited file reruns what depends on it."""
+    where = spec.get("path") if spec["source"] in ("babylm", "files") else spec.get("hf_name")
+    if spec["source"] == "synthetic" or not where or not Path(where).expanduser().exists():
+        return []
+    root = Path(where).expanduser()
+    if not root.is_dir():
+        return [root]
+    if spec["source"] == "babylm":
+        return sorted(root.rglob("*.train"))
+    if spec["source"] == "files":
+        return sorted(p for p in root.rglob("*") if p.suffix in _SUFFIXES)
+    if not any((root / f).exists() for f in _SAVED):
+        return []  # a dataset script folder: load_dataset decides what it reads
+    return folder_files(root)
+
+
 def _babylm(spec: dict) -> list[dict]:
     root = _require_path(spec)
-    files = sorted(root.rglob("*.train")) if root.is_dir() else [root]
+    files = source_files(spec)
     if not files:
         raise CorpusError(f"no BabyLM *.train files under {root}")
     docs = []
@@ -63,8 +93,7 @@ def _babylm(spec: dict) -> list[dict]:
 
 def _files(spec: dict) -> list[dict]:
     root = _require_path(spec)
-    suffixes = {".txt", ".json", ".jsonl"}
-    files = sorted(p for p in root.rglob("*") if p.suffix in suffixes) if root.is_dir() else [root]
+    files = source_files(spec)
     if not files:
         raise CorpusError(f"no .txt/.json/.jsonl files under {root}")
     docs = []
@@ -145,10 +174,11 @@ def _hf(spec: dict) -> list[dict]:
         raise CorpusError("corpus.hf_name must be set for source 'hf'")
     columns = _chat_columns(spec) or (spec["text_column"],)
     local = Path(name).expanduser()
-    saved = ("dataset_info.json", "state.json", "dataset_dict.json")  # Dataset(Dict).save_to_disk
-    if local.is_dir() and any((local / f).exists() for f in saved):
+    if local.is_dir() and any((local / f).exists() for f in _SAVED):
         ds = datasets.load_from_disk(str(local))
         if isinstance(ds, datasets.DatasetDict):
+            if spec["hf_split"] not in ds:
+                raise CorpusError(f"dataset {name} has no split '{spec['hf_split']}' (has: {', '.join(ds)})")
             ds = ds[spec["hf_split"]]
     else:
         ds = datasets.load_dataset(name, spec.get("hf_config"), split=spec["hf_split"])
@@ -193,8 +223,19 @@ def corpus_stats(docs: list[dict]) -> dict:
     }
 
 
-def build_corpus(spec: dict, out: str | Path, stats_out: str | Path) -> dict:
-    docs = load_corpus(spec)
+def build_corpus(spec: dict, out: str | Path, stats_out: str | Path, missing_split_ok: bool = False) -> dict:
+    """Write the spec's documents and their counts. `missing_split_ok`: a Hugging Face dataset
+    without the split asked for gives an empty corpus whose stats say why (`missing_split`),
+    for split.validation_missing: split; any other failure is raised."""
+    try:
+        docs = load_corpus(spec)
+    except (KeyError, ValueError) as e:
+        if not (missing_split_ok and spec["source"] == "hf" and spec["hf_split"] in str(e)):
+            raise
+        write_documents(out, [])
+        stats = {**corpus_stats([]), "missing_split": f"{spec['hf_name']} has no split '{spec['hf_split']}'"}
+        write_json(stats_out, stats)
+        return stats
     write_documents(out, docs)
     stats = corpus_stats(docs)
     write_json(stats_out, stats)

@@ -6,7 +6,8 @@ documents with `seed` first (e.g. 80/20 with seed 42). With `folds: k`, fold i
 holds out the i-th of k contiguous parts instead (of every source in order, or of
 the seeded permutation), so the k validation sets partition the corpus. Subsets
 keep the first N documents of each side after splitting; more than a side holds is
-refused, naming the key.
+refused, naming the key. With `validation_corpus`, validation is that corpus and training
+the whole of this one.
 """
 
 from __future__ import annotations
@@ -41,7 +42,13 @@ def take_subset(docs: list[dict], n: int | None, key: str, what: str) -> list[di
     return docs[:n]
 
 
-def split_documents(docs: list[dict], spec: dict, fold: int | None = None) -> tuple[list[dict], list[dict]]:
+def split_documents(
+    docs: list[dict], spec: dict, fold: int | None = None, validation: list[dict] | None = None
+) -> tuple[list[dict], list[dict]]:
+    """(training, validation documents): held out of `docs` as the spec says, or, given the
+    documents of split.validation_corpus, all of `docs` against those."""
+    if validation is not None:
+        return _against(docs, validation, spec)
     frac = spec["validation_fraction"]
     if spec["shuffle"]:
         order = np.random.default_rng(spec["seed"]).permutation(len(docs))
@@ -66,4 +73,17 @@ def split_documents(docs: list[dict], spec: dict, fold: int | None = None) -> tu
         )
     if not train:
         raise SplitError(f"split leaves the training set empty ({len(docs)} documents)")
+    return train, val
+
+
+def _against(docs: list[dict], validation: list[dict], spec: dict) -> tuple[list[dict], list[dict]]:
+    """Training on the whole corpus, validation on its own corpus; with a subset, each side is
+    permuted with split.seed first, so the subset is a seeded sample rather than the files' head."""
+    if spec.get("train_subset") or spec.get("validation_subset"):
+        rng = np.random.default_rng(spec["seed"])
+        docs, validation = ([d[i] for i in rng.permutation(len(d))] for d in (docs, validation))
+    train = take_subset(docs, spec.get("train_subset"), "train_subset", "training")
+    val = take_subset(validation, spec.get("validation_subset"), "validation_subset", "validation")
+    if not val:
+        raise SplitError("split.validation_corpus holds no documents")
     return train, val

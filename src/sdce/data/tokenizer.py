@@ -60,11 +60,16 @@ def with_bos(tokenizer):
 
 
 def load_pretrained(path: str):
+    """A tokenizer folder, or a model name `from_pretrained` resolves (the hub, its cache)."""
     from transformers import AutoTokenizer
 
-    if not Path(path).expanduser().exists():
-        raise TokenizerError(f"tokenizer.path does not exist: {path}")
-    tok = AutoTokenizer.from_pretrained(path)
+    local = Path(path).expanduser()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(local) if local.exists() else path)
+    except OSError as e:
+        raise TokenizerError(
+            f"tokenizer.path: {path} is neither a folder nor a model transformers can load here: {e}"
+        ) from None
     if tok.eos_token_id is None:
         raise TokenizerError(f"tokenizer at {path} has no eos token; documents need a separator")
     return tok
