@@ -66,10 +66,9 @@ def load_pretrained(path: str):
     local = Path(path).expanduser()
     try:
         tok = AutoTokenizer.from_pretrained(str(local) if local.exists() else path)
-    except OSError as e:
-        raise TokenizerError(
-            f"tokenizer.path: {path} is neither a folder nor a model transformers can load here: {e}"
-        ) from None
+    except (OSError, ValueError) as e:
+        what = "a folder transformers cannot load" if local.exists() else "neither a folder nor a model name"
+        raise TokenizerError(f"tokenizer.path: {path} is {what} here: {e}") from None
     if tok.eos_token_id is None:
         raise TokenizerError(f"tokenizer at {path} has no eos token; documents need a separator")
     return tok
