@@ -352,3 +352,17 @@ def test_a_pretrained_tokenizer_that_cannot_be_loaded_is_named(tmp_path, monkeyp
     ):
         build_tokenizer(spec, (), tmp_path / "tok")
     assert not (tmp_path / "tok").exists()
+
+
+def test_a_folder_hashes_the_same_with_or_without_snakemakes_marker(tmp_path):
+    """A tokenizer made by the tokenizer rule (a directory output, with Snakemake's empty
+    .snakemake_timestamp) and the same files made elsewhere get one hash; any real file counts."""
+    from sdce.io import dir_hash
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tokenizer.json").write_text("{}")
+    (tmp_path / "b" / ".snakemake_timestamp").write_text("")
+    assert dir_hash(tmp_path / "a") == dir_hash(tmp_path / "b")
+    (tmp_path / "b" / "extra.json").write_text("{}")
+    assert dir_hash(tmp_path / "a") != dir_hash(tmp_path / "b")

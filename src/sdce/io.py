@@ -106,10 +106,11 @@ def file_hash(path: str | Path, length: int = 16) -> str:
 
 
 def dir_hash(path: str | Path, length: int = 16) -> str:
-    """Hash of every file's relative name and content under a folder."""
+    """Hash of every file's relative name and content under a folder (not Snakemake's empty
+    marker in a directory output, so a folder hashes the same however it was made)."""
     path = Path(path)
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != ".snakemake_timestamp"):
         h.update(str(f.relative_to(path)).encode())
         h.update(file_hash(f, 64).encode())
     return h.hexdigest()[:length]
