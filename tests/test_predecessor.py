@@ -370,8 +370,12 @@ def test_the_stages_are_the_pipelines_rules(assets, tmp_path, capsys):
     out = tmp_path / "out"
     doc = seeds_config(assets, out, **{"data.train_file": str(train), "data.eval_file": str(evals)})
     flags = ["--max_seq_length", "32", "--num_epochs", "0.25", "--standard_training", "--no-progress"]
-    rc, _, err = sdce_train(capsys, "--config", write_config(tmp_path / "seeds.yaml", doc), *flags)
+    rc, stdout, err = sdce_train(capsys, "--config", write_config(tmp_path / "seeds.yaml", doc), *flags)
     assert rc == 0, err
+    ran = next(line for line in stdout.splitlines() if line.startswith("stages: ran "))
+    assert set(ran.removeprefix("stages: ran ").split(", ")) == {
+        "corpus", "validation_corpus", "split", "tokenizer", "encode x2"
+    }  # fmt: skip
     assert not list(out.rglob("stages.json"))
     data = out / "pipeline" / "data" / "main"
     assert [d["text"] for d in read_documents(data / "validation.jsonl")] == lines[34:]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 _FAILED_LOG = re.compile(r"^\s*log: (\S+) \(check log")
+_JOB = re.compile(r"^(?:local)?rule (\w+):$")
 
 
 class StageError(ValueError):
@@ -36,20 +37,24 @@ def environment() -> dict:
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def build(config: Path, targets: list[str], workdir: Path, log_file: Path, cores: int | None = None) -> None:
+def build(
+    config: Path, targets: list[str], workdir: Path, log_file: Path, cores: int | None = None
+) -> list[str]:
     """Bring `targets` of the study `config` up to date, Snakemake's metadata and lock in
-    `workdir`, its output in `log_file`. A failed job raises StageError with the last line of
-    the job's log (its `sdce` error), else with the end of Snakemake's output."""
+    `workdir`, its output in `log_file`; the rules of the jobs it ran (none: all up to date).
+    A failed job raises StageError with the last line of the job's log (its `sdce` error),
+    else with the end of Snakemake's output."""
     args = ["--directory", str(workdir), *targets]
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "w", encoding="utf-8") as f:
         rc = subprocess.call(
             command(config, cores=cores, args=args), stdout=f, stderr=subprocess.STDOUT, env=environment()
         )
+    lines = log_file.read_text(errors="replace").splitlines()
     if rc != 0:
-        lines = log_file.read_text(errors="replace").splitlines()
         failed = [Path(m.group(1)) for line in lines if (m := _FAILED_LOG.match(line))]
         raise StageError(_failure(failed, lines, rc, log_file))
+    return [m.group(1) for line in lines if (m := _JOB.match(line))]
 
 
 def _last_line(path: Path) -> str | None:

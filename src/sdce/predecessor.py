@@ -704,9 +704,12 @@ def prepare(plan: dict, log=print) -> dict:
         with atomic_path(config) as tmp:
             Path(tmp).write_text(text)
     paths = stage_targets(doc)
-    targets = [str(p) for p in paths.values() if p is not None]
-    dag.build(config, targets, Path(doc["results_dir"]), results / "logs" / "snakemake.log")
-    log(f"stages up to date under {results} (Snakemake's log: {results / 'logs' / 'snakemake.log'})")
+    targets, log_file = [str(p) for p in paths.values() if p is not None], results / "logs" / "snakemake.log"
+    log(f"stages: {results} through the Snakefile (Snakemake's log: {log_file})")
+    ran = dag.build(config, targets, Path(doc["results_dir"]), log_file)
+    counts = {rule: ran.count(rule) for rule in dict.fromkeys(ran)}
+    done = ", ".join(f"{rule} x{n}" if n > 1 else rule for rule, n in counts.items())
+    log(f"stages: ran {done}" if ran else "stages: all up to date")
     return paths
 
 
