@@ -2,9 +2,10 @@
 
 1. a 100M-word synthetic corpus generated and split (seeded 95/5), and the peak memory of
    the whole run (this machine has 24 GiB);
-2. encoding throughput of the training split (sdce's shard writer) next to the tokenizer
-   library's own batch encoding of the same documents (`encode_batch_fast`, which encodes
-   a batch on every core): the ratio says whether the writer is limited by the library;
+2. encoding throughput of the training split (sdce's shard writer, in one process and in one
+   process per core) next to the tokenizer library's own batch encoding of the same documents
+   (`encode_batch_fast`, which encodes a batch on every core): the ratio says whether the
+   writer is limited by the library;
 3. bigram counting throughput on the whole training shard (aim: >= 20M tokens/s), at the
    run's vocabulary and at GPT-2's (V = 50,257, the 32-bit sort path);
 4. training step time of bigram-guided vs cross-entropy on the same student and batch,
@@ -29,7 +30,7 @@ import torch
 from sdce import config as cfg
 from sdce import objectives
 from sdce.data.batches import global_offsets, windows
-from sdce.data.shards import encode_documents, load_shard
+from sdce.data.shards import encode_documents, encode_processes, load_shard
 from sdce.data.split import split_documents
 from sdce.data.synthetic import generate_documents
 from sdce.data.tokenizer import train_bpe
@@ -93,12 +94,17 @@ def main() -> None:
     t0 = time.perf_counter()
     n_lib = _library_encode(tok, sample)
     lib = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    encode_documents(tok, sample, tmp / "sample.bin", tmp / "tok")
-    ours = time.perf_counter() - t0
+    writer = {}
+    n_proc = encode_processes(len(sample), None)  # the default: one per core, MIN_DOCS_PER_PROCESS each
+    for label, processes in (("one process", 1), (f"{n_proc} processes (the default)", None)):
+        t0 = time.perf_counter()
+        encode_documents(tok, sample, tmp / "sample.bin", tmp / "tok", processes=processes)
+        writer[label] = time.perf_counter() - t0
     print(
-        f"encode ({len(sample):,} documents): library {n_lib / lib / 1e6:.2f}M tokens/s, "
-        f"shard writer {n_lib / ours / 1e6:.2f}M tokens/s, writer/library = {lib / ours:.2f}"
+        f"encode ({len(sample):,} documents): library {n_lib / lib / 1e6:.2f}M tokens/s; shard writer "
+        + ", ".join(
+            f"{k} {n_lib / v / 1e6:.2f}M tokens/s (writer/library = {lib / v:.2f})" for k, v in writer.items()
+        )
     )
     t0 = time.perf_counter()
     meta = encode_documents(tok, train, tmp / "train.bin", tmp / "tok")

@@ -366,3 +366,25 @@ def test_a_folder_hashes_the_same_with_or_without_snakemakes_marker(tmp_path):
     assert dir_hash(tmp_path / "a") == dir_hash(tmp_path / "b")
     (tmp_path / "b" / "extra.json").write_text("{}")
     assert dir_hash(tmp_path / "a") != dir_hash(tmp_path / "b")
+
+
+def test_encoding_in_processes_writes_the_shard_of_one_process(tmp_path, tiny_data):
+    """Contiguous slices in forked processes, joined in order: the same bytes and sidecar as one
+    process, with a source's stretch of documents running on across a slice boundary."""
+    from sdce.data.corpus import read_documents
+
+    tok = load(tiny_data / "tokenizer")
+    docs = read_documents(tiny_data / "train.jsonl")[:90]
+    docs = [{**d, "source": "a" if i < 40 else "b" if i < 70 else "a"} for i, d in enumerate(docs)]
+    one = encode_documents(
+        tok, docs, tmp_path / "one.bin", tiny_data / "tokenizer", batch_docs=8, processes=1
+    )
+    three = encode_documents(
+        tok, docs, tmp_path / "three.bin", tiny_data / "tokenizer", batch_docs=8, processes=3
+    )
+    assert (tmp_path / "one.bin").read_bytes() == (tmp_path / "three.bin").read_bytes()
+    assert (
+        one == three and one["sources"]["a"]["ranges"][0][0] == 0 and len(one["sources"]["a"]["ranges"]) == 2
+    )
+    assert not list(tmp_path.glob("*.part*"))  # the slices' part files are gone
+    assert shards.encode_processes(len(docs), None) == 1  # by default: one process per MIN_DOCS_PER_PROCESS
