@@ -127,6 +127,7 @@ def _encode_in_processes(tmp: Path, backend, eos: int, dtype, docs, batch_docs: 
     joined in order into `tmp`. Forked, not spawned: a spawned worker would re-run the
     caller's main module and be sent its slice pickled; the tokenizer library turns its own
     thread pool off in a child forked after it ran, which is what each worker wants."""
+    import gc
     import multiprocessing
     import shutil
 
@@ -135,9 +136,11 @@ def _encode_in_processes(tmp: Path, backend, eos: int, dtype, docs, batch_docs: 
     _FORKED_JOBS[:] = [
         (parts[i], backend, eos, dtype, docs[bounds[i] : bounds[i + 1]], batch_docs) for i in range(processes)
     ]
+    gc.freeze()  # the children's collector leaves the caller's heap alone: no copy-on-write of it
     try:
         with multiprocessing.get_context("fork").Pool(processes) as pool:
             results = pool.map(_encode_part, range(processes), chunksize=1)
+        gc.unfreeze()
         n_tokens, sources, runs = 0, {}, []
         with open(tmp, "wb") as f:
             for part, (n, part_sources, part_runs) in zip(parts, results, strict=True):
@@ -154,6 +157,7 @@ def _encode_in_processes(tmp: Path, backend, eos: int, dtype, docs, batch_docs: 
                         runs.append([name, n_tokens + start, n_tokens + end])
                 n_tokens += n
     finally:
+        gc.unfreeze()
         _FORKED_JOBS.clear()
         for part in parts:
             part.unlink(missing_ok=True)
