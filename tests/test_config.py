@@ -57,6 +57,15 @@ def test_folds_and_subsets_name_each_runs_data_partition():
     assert plan.part_split(study, "fold2-n100")["train_subset"] == 100
     assert plan.part_split(study, "fold2")["train_subset"] == 500
     assert plan.part_split(study, "fold0-nall")["train_subset"] is None
+    # the split job's params as before split.validation_corpus existed: a study made then reruns nothing
+    assert set(plan.part_split(study, "fold2")) == {
+        "validation_fraction", "shuffle", "seed", "folds", "train_subset", "validation_subset"
+    }  # fmt: skip
+    evals = {
+        **study,
+        "split": {**study["split"], "folds": None, "validation_corpus": {"source": "synthetic"}},
+    }
+    assert plan.part_split(evals, "main")["validation_missing"] == "error"
 
 
 @pytest.mark.parametrize(

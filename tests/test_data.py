@@ -318,7 +318,7 @@ def test_a_missing_validation_split_falls_back_to_the_fraction_when_asked(tmp_pa
     )
     split = {"validation_fraction": 0.25, "shuffle": True, "seed": 5, "validation_missing": "split"}
     out = ["--train", tmp_path / "t.jsonl", "--validation", tmp_path / "val.jsonl"]
-    common = ["split", "--corpus", tmp_path / "c.jsonl", "--validation-corpus", tmp_path / "v.jsonl", *out]
+    common = ["split", "--corpus", tmp_path / "c.jsonl", tmp_path / "v.jsonl", *out]
     proc = run_sdce(*common, "--params", json.dumps(split))
     assert "holding out split.validation_fraction=0.25" in proc.stdout
     val = corpus_mod.read_documents(tmp_path / "val.jsonl")

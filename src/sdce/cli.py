@@ -49,11 +49,16 @@ def cmd_split(args) -> None:
     from sdce.data.corpus import read_documents, write_documents
     from sdce.data.split import split_documents
 
-    docs, spec = read_documents(args.corpus), _params(args, "properties/split", "split")
-    validation = read_documents(args.validation_corpus) if args.validation_corpus else None
+    corpus, *evals = args.corpus
+    if len(evals) > 1:
+        raise ValueError(
+            f"--corpus takes the corpus and at most one validation corpus, got {len(args.corpus)} files"
+        )
+    docs, spec = read_documents(corpus), _params(args, "properties/split", "split")
+    validation = read_documents(evals[0]) if evals else None
     if validation == [] and spec["validation_missing"] == "split":
         print(
-            f"split: warning: the validation corpus has no documents ({args.validation_corpus}); "
+            f"split: warning: the validation corpus has no documents ({evals[0]}); "
             f"holding out split.validation_fraction={spec['validation_fraction']} of the corpus "
             f"(shuffle {spec['shuffle']}, seed {spec['seed']})"
         )
@@ -534,8 +539,13 @@ def _data_stages(sub, add) -> None:
     )
 
     sp = add("split", cmd_split, "seeded train/validation split")
-    sp.add_argument("--corpus", required=True)
-    sp.add_argument("--validation-corpus", help="the documents of split.validation_corpus")
+    sp.add_argument(
+        "--corpus",
+        required=True,
+        nargs="+",
+        metavar="FILE",
+        help="the corpus, then the documents of split.validation_corpus when one is set",
+    )
     sp.add_argument("--fold", type=int, help="with split.folds: the held-out fold (0-based)")
     sp.add_argument("--train", required=True)
     sp.add_argument("--validation", required=True)

@@ -132,8 +132,13 @@ def fold_index(part: str) -> int | None:
 
 
 def part_split(config: dict, part: str) -> dict:
-    """The split slice that makes `part` (what its split job gets as params)."""
+    """The split slice that makes `part` (what its split job gets as params). Without a
+    validation corpus its two keys are left out: they are unused then, and a study made before
+    they existed keeps its split params, so nothing reruns."""
     spec = copy.deepcopy(config.get("split", {}))
+    if spec.get("validation_corpus") is None:
+        spec.pop("validation_corpus", None)
+        spec.pop("validation_missing", None)
     _, _, n = part.partition("-n")
     if n:
         spec["train_subset"] = None if n == "all" else int(n)

@@ -65,19 +65,13 @@ def teacher_source_inputs(wildcards):
 
 
 def split_inputs(wildcards):
-    """The split's documents: the corpus, and split.validation_corpus's when one is set."""
-    inputs = {"corpus": f"{RESULTS}/data/corpus.jsonl"}
+    """The corpora a split reads: the corpus, then split.validation_corpus's documents when one
+    is set (one input, so the rule's command and inputs are those of a study without one).
+    """
+    corpora = [f"{RESULTS}/data/corpus.jsonl"]
     if config["split"]["validation_corpus"] is not None:
-        inputs["validation"] = f"{RESULTS}/data/validation_corpus.jsonl"
-    return inputs
-
-
-def validation_corpus_arg(wildcards, input):
-    return (
-        f"--validation-corpus {input.validation}"
-        if "validation" in input.keys()
-        else ""
-    )
+        corpora.append(f"{RESULTS}/data/validation_corpus.jsonl")
+    return {"corpus": corpora}
 
 
 def missing_split_arg():

@@ -57,9 +57,8 @@ rule split:
     params:
         spec=part_split_json,
         fold=fold_arg,
-        validation=validation_corpus_arg,
     shell:
-        "sdce split --params {params.spec:q} {params.fold} --corpus {input.corpus} {params.validation}"
+        "sdce split --params {params.spec:q} {params.fold} --corpus {input.corpus}"
         " --train {output.train} --validation {output.validation} > {log} 2>&1"
 
 
