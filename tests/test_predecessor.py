@@ -253,6 +253,7 @@ def test_init_from_scratch_keeps_the_architecture_with_fresh_weights(assets):
         ({}, ["--standard_training", "--kl_divergence"], "disagree"),
         ({"training.resume_from_checkpoint": "missing"}, [], "training.resume_from_checkpoint"),
         ({"training.report_to": ["comet"]}, [], "training.report_to: 'comet'"),
+        ({"training.output_dir": "my out"}, [], "holds a space or quote, which the pipeline's job commands"),
     ],
 )
 def test_bad_predecessor_settings_are_refused(assets, tmp_path, capsys, changes, flags, message):

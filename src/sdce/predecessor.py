@@ -636,6 +636,12 @@ def study(plan: dict) -> dict:
     The run's steps are left to `finalize`, which needs the encoded shard."""
     from sdce.plan import plan as check
 
+    results = str(Path(plan["output_dir"]).expanduser().resolve())
+    if re.search(r"[\s'\"]", results):
+        raise ConfigError(
+            f"training.output_dir: {results} holds a space or quote, which the pipeline's job "
+            "commands cannot take (its stages run through the Snakefile): choose another folder"
+        )
     split = {**plan["split"], "validation_corpus": None, "validation_missing": "error"}
     evals = plan["eval_corpus"]
     if evals is not None:  # a hub dataset without the split: held out of the corpus instead
@@ -656,7 +662,7 @@ def study(plan: dict) -> dict:
     doc = cfg.validate(
         {
             "experiment": STAGES,
-            "results_dir": str(Path(plan["output_dir"]).expanduser().resolve()),
+            "results_dir": results,
             "seeds": [plan["seed"]],
             "corpus": _local(plan["corpus"]),
             "split": split,
