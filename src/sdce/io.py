@@ -105,12 +105,21 @@ def file_hash(path: str | Path, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
+def files_under(path: str | Path) -> list[Path]:
+    """Every file under a local path, sorted (the path itself for a file; none when it does
+    not exist)."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+
+
 def dir_hash(path: str | Path, length: int = 16) -> str:
     """Hash of every file's relative name and content under a folder (not Snakemake's empty
     marker in a directory output, so a folder hashes the same however it was made)."""
-    path = Path(path)
+    path = Path(path).expanduser()
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != ".snakemake_timestamp"):
+    for f in (p for p in files_under(path) if p.name != ".snakemake_timestamp"):
         h.update(str(f.relative_to(path)).encode())
         h.update(file_hash(f, 64).encode())
     return h.hexdigest()[:length]

@@ -4,10 +4,11 @@
 import json
 from urllib.parse import urlparse
 
+from sdce import io as sdce_io
 from sdce import objectives as sdce_objectives
-from sdce.data import corpus as sdce_corpus
 from sdce import plan as sdce_plan
 from sdce import ppo as sdce_ppo
+from sdce.data import corpus as sdce_corpus
 
 RESULTS = f"{config['results_dir']}/{config['experiment']}"
 LOGS = f"{RESULTS}/logs"
@@ -50,7 +51,7 @@ def path_inputs(path):
     `source_inputs`."""
     if not path or workflow.storage_settings.default_storage_provider is not None:
         return []
-    return [str(p) for p in sdce_corpus.folder_files(path)]
+    return [str(p) for p in sdce_io.files_under(path)]
 
 
 def tokenizer_inputs(wildcards):

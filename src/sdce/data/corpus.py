@@ -15,7 +15,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from sdce.io import atomic_path, write_json
+from sdce.io import atomic_path, files_under, write_json
 
 
 class CorpusError(ValueError):
@@ -53,14 +53,6 @@ _SAVED = ("dataset_info.json", "state.json", "dataset_dict.json")  # Dataset(Dic
 _SUFFIXES = {".txt", ".json", ".jsonl"}
 
 
-def folder_files(path: str | Path) -> list[Path]:
-    """Every file under a local path (the path itself for a file; none when it does not exist)."""
-    root = Path(path).expanduser()
-    if not root.exists():
-        return []
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-
-
 def source_files(spec: dict) -> list[Path]:
     """The local files a corpus spec reads (none for the generator or a hub dataset): the
     inputs of the rule that builds it, so an edited file reruns what depends on it."""
@@ -76,7 +68,7 @@ def source_files(spec: dict) -> list[Path]:
         return sorted(p for p in root.rglob("*") if p.suffix in _SUFFIXES)
     if not any((root / f).exists() for f in _SAVED):
         return []  # a dataset script folder: load_dataset decides what it reads
-    return folder_files(root)
+    return files_under(root)
 
 
 def _babylm(spec: dict) -> list[dict]:

@@ -140,7 +140,6 @@ def _encode_in_processes(tmp: Path, backend, eos: int, dtype, docs, batch_docs: 
     try:
         with multiprocessing.get_context("fork").Pool(processes) as pool:
             results = pool.map(_encode_part, range(processes), chunksize=1)
-        gc.unfreeze()
         n_tokens, sources, runs = 0, {}, []
         with open(tmp, "wb") as f:
             for part, (n, part_sources, part_runs) in zip(parts, results, strict=True):
