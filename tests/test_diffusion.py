@@ -287,3 +287,48 @@ def test_generate_bad_arguments():
         D.generate(favour7, prompt, 9, gen_length=8, steps=2, block_length=4, temperature=1.0)
     with pytest.raises(ValueError, match="remasking"):
         D.generate(favour7, prompt, 9, gen_length=8, steps=2, block_length=4, remasking="topk")
+
+
+def test_elbo_over_scored_positions_is_the_conditional_bound():
+    """With `scored` (the answer after a clean prompt): only scored positions are ever
+    masked, exactly k in 1..n_b per row and draw, p = k / n_b; the sum equals a direct
+    recomputation of sum CE / p over the recorded draws divided by the scored count; the
+    logits at unscored positions do not matter; uniform logits give exactly log V."""
+    ids = torch.randint(0, V - 1, (4, 12), generator=gen(0))
+    pos = torch.arange(12)[None, :]
+    start = torch.tensor([3, 0, 7, 12])[:, None]  # the last row has nothing to score
+    scored = (pos >= start) & (pos < torch.tensor([10, 12, 9, 12])[:, None])
+    n = scored.sum(1)
+    assert D.elbo(uniform_model, ids, MASK, n_draws=5, seed=3, scored=scored) == pytest.approx(
+        math.log(V), rel=1e-12
+    )
+    weights = torch.randn(V, V, generator=gen(5))
+    seen = []
+
+    def model(x):
+        seen.append(x.clone())
+        return weights[x] * 2.0
+
+    nats, tokens = D.elbo_sums(model, ids, MASK, n_draws=6, seed=4, scored=scored)
+    assert tokens == int(n.sum())
+    want = 0.0
+    for x in seen:
+        masked = x == MASK
+        assert not (masked & ~scored).any()
+        k = masked.sum(1)
+        assert torch.all((k >= 1) & (k <= n) | (n == 0))
+        p = (k.double() / n.clamp(min=1))[:, None].expand(4, 12)
+        want += loop_loss(weights[x] * 2.0, ids, masked, p)
+    assert nats == pytest.approx(want / 6, rel=1e-12)
+    assert len({int((x[0] == MASK).sum()) for x in seen}) > 1  # k stratified over the draws
+
+    def garbage_outside(x):  # other logits where nothing is scored: the same bound
+        z = weights[x] * 2.0
+        return torch.where(scored[..., None], z, torch.randn(z.shape, generator=gen(9)) * 50)
+
+    again = D.elbo_sums(garbage_outside, ids, MASK, n_draws=6, seed=4, scored=scored)
+    assert again == (pytest.approx(nats, rel=1e-12), tokens)
+    bern = D.elbo_sums(model, ids, MASK, n_draws=3, seed=4, scored=scored, method="bernoulli")
+    assert bern[1] == tokens and all(not ((x == MASK) & ~scored).any() for x in seen[-3:])
+    with pytest.raises(ValueError, match="covers no token"):
+        D.elbo(uniform_model, ids, MASK, n_draws=2, seed=0, scored=torch.zeros_like(scored))

@@ -3,6 +3,7 @@ format and its prompt lengths, one example per sequence padded with eos, the pro
 masked, the loss normalised by the answer length (against `sdce.diffusion.sft_loss`), the
 corpus columns and the config checks, and a tiny SFT study through the real DAG."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -99,6 +100,51 @@ def test_sft_batch_never_masks_the_prompt_and_loss_matches_llada(chat_tokenizer)
     assert seen[~(torch.arange(48)[None, :] < lengths[:, None])].float().mean() > 0.9  # the answer is
 
 
+def test_sft_validation_scores_each_response_given_its_prompt(chat_tokenizer):
+    """answer_elbo, the validation measure of masked_diffusion_sft: one window per example
+    (at every document start whose window fits), and the bound covers each response through
+    its eos only: the scored tokens are counted here from the examples' own text, so neither
+    the prompt nor the eos padding after the example is scored. The same value at any batch
+    size (each window's draws are seeded by its offset); the chat markers come from the
+    tokenizer, and no tokenizer is a clear error."""
+    from sdce.data.batches import validation_examples
+    from sdce.evaluation.validation import BOUNDS, score
+    from sdce.model import build_model
+
+    tok, block = chat_tokenizer, 40
+    docs, heads = [], []
+    for e in examples(30, seed=7):
+        text = format_example(e["question"], e["answer"])
+        head = text[: text.index("assistant<end_id>\n") + len("assistant<end_id>\n")]
+        docs.append(tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+        heads.append(len(tok(head, add_special_tokens=False)["input_ids"]))
+    data = np.array([i for d in docs for i in d], dtype=np.uint16)
+    starts = np.cumsum([0] + [len(d) for d in docs[:-1]])
+    fits = starts + block + 1 <= len(data)
+    assert np.array_equal(validation_examples(data, block, None, tok.eos_token_id), starts[fits])
+    answers = sum(max(0, min(len(d), block) - h) for d, h, f in zip(docs, heads, fits, strict=True) if f)
+    assert answers < fits.sum() * block / 2  # the prompts and the padding are a large share
+
+    model_spec = cfg.validate(
+        {"model": {"family": "modernbert", "n_layer": 1, "n_embd": 32, "n_head": 2},
+         "guidance": {"objective": "masked_diffusion_sft"}},
+        "run",
+    )  # fmt: skip
+    model = build_model(model_spec["model"], tok, block, seed=1).eval()
+    measure = objectives.validation_spec(model_spec["guidance"])
+    assert measure["name"] == "answer_elbo" and "answer_elbo" in BOUNDS
+    a = score(measure, model, data, block, None, 4, tokenizer=tok)
+    b = score(measure, model, data, block, None, 7, tokenizer=tok)
+    assert a["val_tokens"] == b["val_tokens"] == answers
+    assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+    # an untrained model is near uniform over the vocabulary on the response
+    assert abs(a["val_loss"] - np.log(len(tok))) < 0.5
+    three = score(measure, model, data, block, 3 * block, 4, tokenizer=tok)
+    assert 0 < three["val_tokens"] < answers  # max_tokens: 3 windows spread over the shard
+    with pytest.raises(ValueError, match="needs the model's tokenizer"):
+        score(measure, model, data, block, None, 4)
+
+
 def test_prompt_response_corpus_and_its_errors(tmp_path):
     path = tmp_path / "qa.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in examples(5)))
@@ -161,5 +207,8 @@ def test_tiny_sft_study_through_the_dag(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     train = [r for r in records if "mask_rate" in r]
     assert train and all(0.0 < r["mask_rate"] <= 1.0 and np.isfinite(r["loss"]) for r in train)
-    rows = {r.split(",")[0] for r in (results / "report" / "summary.csv").read_text().splitlines()[1:]}
-    assert rows == {"baseline", "sft"}
+    with (results / "report" / "summary.csv").open() as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"baseline", "sft"}
+    assert rows["sft"]["measure"] == "answer_elbo" and rows["baseline"]["measure"] == "next_token"
+    assert json.loads((run / "summary.json").read_text())["val_measure"] == "answer_elbo"

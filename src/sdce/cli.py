@@ -645,7 +645,7 @@ def _evaluation_stages(sub, add) -> None:
         "--measure",
         default='{"name": "next_token"}',
         help="JSON: the validation measure of the run's objective and its options "
-        "(next_token, or elbo with n_draws for masked diffusion)",
+        "(next_token; elbo with n_draws for masked diffusion; answer_elbo for its SFT)",
     )
     sp.add_argument(
         "--chunk-tokens",

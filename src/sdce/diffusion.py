@@ -39,8 +39,9 @@ Departures from the reference, all deliberate:
   sampling, so a committed token is never [MASK] (LLaDA's trained model never predicts it;
   an early or tiny checkpoint may, and would then leave masks in the output).
 * `elbo` offers two estimators. The default, `method="exact_count"`, is the one of
-  get_log_likelihood.py, adapted to score whole sequences (no prompt): per draw exactly
-  k tokens are masked with p = k / L, k uniform on {1..L} and stratified over the draws.
+  get_log_likelihood.py: per draw exactly k of the n scored tokens are masked with
+  p = k / n, k uniform on {1..n} and stratified over the draws; the scored tokens are the
+  whole sequence (pre-training) or, with `scored`, an answer after a clean prompt (SFT).
   `method="bernoulli"` is the training forward process itself (t ~ U(0,1), eps, Bernoulli
   masks). Both are unbiased for the same bound; the exact-count one has lower variance and
   gives exactly log V for uniform logits on every draw.
@@ -196,18 +197,32 @@ def sft_loss(
 
 
 def _exact_count_mask(
-    b: int, seq_len: int, k: torch.Tensor, generator: torch.Generator, device
+    b: int, seq_len: int, k: torch.Tensor, generator: torch.Generator, device, scored=None, n=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exactly k[b] of L positions masked in row b, uniformly at random; p = k / L."""
+    """Exactly k[b] of row b's L positions masked, uniformly at random; p = k / L. With
+    `scored` (B, L) and its row counts n (B,): exactly k[b] of the scored positions, p = k / n."""
     u = _rand((b, seq_len), generator, device)
+    if scored is not None:  # the positions outside the bound rank last: never among the k
+        u = torch.where(scored, u, torch.full_like(u, 2.0))
     ranks = u.argsort(dim=1).argsort(dim=1)  # a uniformly random permutation of 0..L-1 per row
     masked = ranks < k[:, None]
-    p = (k.double() / seq_len)[:, None].expand(b, seq_len)
+    length = seq_len if n is None else n.clamp(min=1).to(device).double()[:, None]
+    p = (k.double()[:, None] / length).expand(b, seq_len)
     return masked, p
 
 
 @torch.no_grad()
-def elbo(
+def elbo(model_fn: ModelFn, input_ids: torch.Tensor, mask_id: int, **options) -> float:
+    """The negative ELBO in nats per scored token (exp() bounds perplexity): `elbo_sums`'
+    ratio, with its options (n_draws, seed, method, eps, row_seeds, chunk_tokens, scored)."""
+    nats, tokens = elbo_sums(model_fn, input_ids, mask_id, **options)
+    if tokens == 0:
+        raise ValueError("scored marks no position: the bound covers no token")
+    return nats / tokens
+
+
+@torch.no_grad()
+def elbo_sums(
     model_fn: ModelFn,
     input_ids: torch.Tensor,
     mask_id: int,
@@ -218,8 +233,11 @@ def elbo(
     method: str = "exact_count",
     row_seeds=None,
     chunk_tokens: int | None = CHUNK_TOKENS,
-) -> float:
-    """Monte Carlo estimate of the negative ELBO in nats per token (exp() bounds perplexity).
+    scored: torch.Tensor | None = None,
+) -> tuple[float, int]:
+    """Monte Carlo estimate of the negative ELBO, as two sums: (the bound in nats summed over
+    the batch's scored tokens, averaged over the draws; the number of scored tokens), so that
+    batches with different counts add up (`elbo` is their ratio, nats per token).
 
     LLaDA's bound on the negative log-likelihood of a sequence x of length L,
 
@@ -242,6 +260,12 @@ def elbo(
     method="bernoulli": `forward_process` (t ~ U(0, 1), p = (1 - eps) t + eps, Bernoulli
     masks), the training distribution; `eps` is used only here.
 
+    `scored` (B, L) bool, optional: the bound covers only these positions, the others stay
+    clean context and are never masked: row b's n_b scored tokens take the place of L
+    (exact_count: k ~ U{1..n_b}, p = k / n_b; bernoulli: the masks restricted to them), and
+    the sum is divided by sum_b n_b instead of B L. This is get_log_likelihood.py's
+    conditional bound on -log p(answer | prompt) with the prompt left clean.
+
     `row_seeds` (one int per row): row b's draws come from a generator seeded with
     (seed, row_seeds[b]) instead of one generator for the batch, so a sequence is scored on
     the same draws whatever batch it is in (the validation measure seeds each window by its
@@ -255,13 +279,23 @@ def elbo(
         raise ValueError(f"n_draws must be >= 1, got {n_draws}")
     if method not in ("exact_count", "bernoulli"):
         raise ValueError(f"method must be 'exact_count' or 'bernoulli', got {method!r}")
+    if scored is not None and scored.shape != input_ids.shape:
+        raise ValueError(f"scored must have shape {tuple(input_ids.shape)}, got {tuple(scored.shape)}")
     if row_seeds is None:
-        draws = _draws(input_ids, mask_id, n_draws, _cpu_generator(seed), method, eps)
+        draws = _draws(input_ids, mask_id, n_draws, _cpu_generator(seed), method, eps, scored)
     else:  # each row's draws from its own generator: independent of the batch it lands in
         if len(row_seeds) != b:
             raise ValueError(f"row_seeds must have {b} entries, got {len(row_seeds)}")
         rows = [
-            _draws(input_ids[i : i + 1], mask_id, n_draws, _cpu_generator(seed, int(r)), method, eps)
+            _draws(
+                input_ids[i : i + 1],
+                mask_id,
+                n_draws,
+                _cpu_generator(seed, int(r)),
+                method,
+                eps,
+                None if scored is None else scored[i : i + 1],
+            )  # fmt: skip
             for i, r in enumerate(row_seeds)
         ]
         per_draw = zip(*rows, strict=True)  # draw d: every row's (noisy, masked, p)
@@ -269,7 +303,8 @@ def elbo(
     total = 0.0
     for noisy, masked, p in draws:
         total += _masked_ce_over_p(model_fn(noisy), input_ids, masked, p, chunk_tokens)
-    return total / (n_draws * b * seq_len)
+    tokens = b * seq_len if scored is None else int(scored.sum())
+    return total / n_draws, tokens
 
 
 def _masked_ce_over_p(logits, targets, masked, p, chunk_tokens) -> float:
@@ -300,22 +335,32 @@ def _cpu_generator(*seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(state[0] >> np.uint64(1)))
 
 
-def _draws(input_ids, mask_id: int, n_draws: int, generator, method: str, eps: float) -> list:
-    """The n_draws (noisy_ids, masked, p) of `elbo` for a batch, all drawn before any model call."""
+def _draws(input_ids, mask_id: int, n_draws: int, generator, method: str, eps: float, scored=None) -> list:
+    """The n_draws (noisy_ids, masked, p) of `elbo` for a batch, all drawn before any model call;
+    with `scored`, only its positions are ever masked."""
     b, seq_len = _check_ids(input_ids)
     device = input_ids.device
+    n = None if scored is None else scored.sum(dim=1).cpu()
     if method == "exact_count":
-        k0 = torch.randint(1, seq_len + 1, (b,), generator=generator)
+        if n is None:
+            k0 = torch.randint(1, seq_len + 1, (b,), generator=generator)
+        else:  # k0 ~ U{1..n_b} per row (a row with nothing scored masks nothing)
+            k0 = (torch.rand(b, generator=generator, dtype=torch.float64) * n).long().clamp(max=n - 1) + 1
+        length = seq_len if n is None else n.clamp(min=1)
     out = []
     for d in range(n_draws):
         if method == "exact_count":
-            k = torch.round(k0.double() + d * (seq_len / n_draws)).long()
-            k = ((k - 1) % seq_len + 1).to(device)
-            masked, p = _exact_count_mask(b, seq_len, k, generator, device)
-            noisy = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
-            out.append((noisy, masked, p))
+            k = torch.round(k0.double() + d * (length / n_draws)).long()
+            k = (k - 1) % length + 1
+            if n is not None:
+                k = torch.where(n > 0, k, torch.zeros_like(k))
+            masked, p = _exact_count_mask(b, seq_len, k.to(device), generator, device, scored, n)
         else:
-            out.append(forward_process(input_ids, mask_id, generator, eps=eps))
+            _, masked, p = forward_process(input_ids, mask_id, generator, eps=eps)
+            if scored is not None:
+                masked = masked & scored
+        noisy = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
+        out.append((noisy, masked, p))
     return out
 
 

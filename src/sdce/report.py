@@ -59,7 +59,7 @@ def load_runs(summaries: list[str], eval_files: list[str]) -> tuple[pd.DataFrame
                 "seed": seed,
                 "objective": s["objective"],
                 "schedule": s.get("schedule", ""),
-                # the validation measure: next_token, or elbo (a bound: not the same quantity)
+                # the validation measure: next_token, or elbo / answer_elbo (bounds: not the same quantity)
                 "measure": s.get("val_measure", "next_token"),
                 "steps": s["steps"],
                 "final_val_loss": e.get("val_loss", s["final_val_loss"]),

@@ -227,6 +227,7 @@ class Trainer:
             self.bk,
             sources=self.val_sources,
             chunk_tokens=self.spec["loss_chunk_tokens"],
+            tokenizer=self.tokenizer,
         )
         loss = values["val_loss"]
         values = {
@@ -255,7 +256,7 @@ class Trainer:
             "seed": job.seed,
             "fold": job.fold,
             "objective": self.objective.name,
-            "val_measure": self.objective.validation,  # elbo: val_loss bounds the loss from above
+            "val_measure": self.objective.validation,  # elbo, answer_elbo: val_loss is a bound
             "config_hash": self.config_hash,
             "versions": ckpt.versions(),
             "data": {

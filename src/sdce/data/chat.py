@@ -52,7 +52,11 @@ def prompt_lengths(x: torch.Tensor, tokenizer) -> torch.Tensor:
     """(B,) the prompt length of each row: through the `<end_id>` after the first `<eot_id>`
     (and its newline). A row without a complete prompt (a document that is not an example,
     or one cut before its response) is prompt throughout: nothing in it is scored."""
-    end_id, eot_id, newline = marker_ids(tokenizer)
+    return prompt_lengths_of(x, *marker_ids(tokenizer))
+
+
+def prompt_lengths_of(x: torch.Tensor, end_id: int, eot_id: int, newline: int | None) -> torch.Tensor:
+    """`prompt_lengths` from the marker ids (`marker_ids`)."""
     b, length = x.shape
     pos = torch.arange(length, device=x.device).expand(b, length)
     big = torch.full_like(pos, length)
@@ -63,3 +67,14 @@ def prompt_lengths(x: torch.Tensor, tokenizer) -> torch.Tensor:
         nxt = x.gather(1, lengths.clamp(max=length - 1)[:, None])[:, 0]
         lengths = torch.where((lengths < length) & (nxt == newline), lengths + 1, lengths)
     return torch.where(end_after < length, lengths, torch.full_like(lengths, length))
+
+
+def answer_positions(x: torch.Tensor, markers: tuple[int, int, int | None], eos_id: int) -> torch.Tensor:
+    """(B, L) bool: each row's response, from the end of its prompt through the eos that ends
+    the example (the eos padding after it excluded); nothing in a row without a complete
+    prompt. What the validation bound of an SFT run scores."""
+    pos = torch.arange(x.shape[1], device=x.device).expand_as(x)
+    is_eos = x == eos_id
+    first_eos = torch.where(is_eos, pos, torch.full_like(pos, x.shape[1])).min(dim=1).values
+    start = prompt_lengths_of(x, *markers)
+    return (pos >= start[:, None]) & (pos <= first_eos[:, None])

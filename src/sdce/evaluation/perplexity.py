@@ -1,8 +1,9 @@
 """Validation loss and perplexity of a saved model over the validation shard, with the
 measure of its objective (`objectives.validation_spec`): the next-token loss of a causal
-model, the negative ELBO of a masked-diffusion model (then `perplexity` is a bound and
-`perplexity_is_bound` says so). With a sidecar that lists its sources' token ranges, also
-`val_loss_by_source` and `val_tokens_by_source` (`sdce.evaluation.validation.score`)."""
+model, the negative ELBO of a masked-diffusion model, of an SFT model's responses given
+their prompts (then `perplexity` is a bound and `perplexity_is_bound` says so). With a
+sidecar that lists its sources' token ranges, also `val_loss_by_source` and
+`val_tokens_by_source` (`sdce.evaluation.validation.score`)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,13 @@ def evaluate_perplexity(
     chunk_tokens: int | None = CHUNK_TOKENS,
 ) -> dict:
     """`chunk_tokens`: the run's `training.loss_chunk_tokens` (the losses' chunk size)."""
+    from transformers import AutoTokenizer
+
     from sdce.model import load_model
 
     measure = measure or {"name": "next_token"}
     model = load_model(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)  # saved beside every model and milestone
     data, meta = load_shard(val_shard)
     scores = score(
         measure,
@@ -40,6 +44,7 @@ def evaluate_perplexity(
         batch_size,
         sources=source_ranges(meta),
         chunk_tokens=chunk_tokens,
+        tokenizer=tokenizer,
     )
     loss, n = scores.pop("val_loss"), scores.pop("val_tokens")
     return {

@@ -8,7 +8,9 @@ same windows (their token-weighted mean is `val_loss`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,18 +40,21 @@ def score(
     *,
     sources: dict[str, list] | None = None,
     chunk_tokens: int | None = losses.CHUNK_TOKENS,
+    tokenizer=None,
 ) -> dict:
     """`val_loss` and `val_tokens` (the tokens scored) of the measure {"name": a key of
-    MEASURES, **its options} over the validation windows; with `sources`, also
+    MEASURES, **its options} over its validation windows; with `sources`, also
     `val_loss_by_source` and `val_tokens_by_source` (the sources that hold a window's start,
     in the sidecar's order). `chunk_tokens`: the training losses' `training.loss_chunk_tokens`.
+    `tokenizer`: the model's, for a measure that reads the token ids' meaning (answer_elbo).
 
     With a backend, every process scores its share of each source's windows and the sums
     are reduced once; on a static-shape backend (XLA) the last batch is padded and the
     padding weighs 0."""
     options = dict(measure)
-    core = MEASURES[options.pop("name")]
-    offsets = batches.validation_blocks(len(data), block_size, max_tokens)
+    kind = MEASURES[options.pop("name")]
+    options = kind.prepare(options, tokenizer)
+    offsets = kind.windows(data, block_size, max_tokens, options)
     if sources is None:
         groups = [(None, offsets)]
     else:
@@ -62,7 +67,7 @@ def score(
     model.eval()
     total = torch.zeros(len(groups), 2, dtype=torch.float32 if static else torch.float64, device=device)
     for g, (_, group) in enumerate(groups):
-        core(
+        kind.sums(
             model,
             data,
             group[rank::world],
@@ -78,6 +83,11 @@ def score(
     model.train(was_training)
     sums = total.cpu().double()
     overall = sums.sum(0)
+    if overall[1] == 0:
+        raise ValueError(
+            "the validation windows hold no token to score (a prompt/response shard whose "
+            "examples have no response within training.block_size?)"
+        )
     out = {"val_loss": (overall[0] / overall[1]).item(), "val_tokens": int(overall[1].item())}
     if sources is not None:
         out["val_loss_by_source"] = {n: (s[0] / s[1]).item() for (n, _), s in zip(groups, sums, strict=True)}
@@ -124,11 +134,16 @@ ELBO_SEED = 0  # the draws of every window are a function of (ELBO_SEED, window 
 
 
 def _elbo_sums(
-    model, data, offsets, block_size, batch_size, backend, out, chunk_tokens, *, n_draws=8
-) -> None:
+    model, data, offsets, block_size, batch_size, backend, out, chunk_tokens, *, n_draws=8,
+    markers=None, eos_id=None,
+) -> None:  # fmt: skip
     """Adds (summed negative ELBO in nats, tokens) over the windows at `offsets` to `out`;
-    each draw's cross-entropy over `chunk_tokens` masked positions at a time (`diffusion.elbo`)."""
-    from sdce.diffusion import elbo
+    each draw's cross-entropy over `chunk_tokens` masked positions at a time (`diffusion.elbo`).
+    With the chat `markers` (answer_elbo): each window is one example padded with eos after
+    its own, and only its response (`chat.answer_positions`) is masked and scored, the prompt
+    and the padding left clean: the bound on -log p(response | prompt) per response token."""
+    from sdce.data.chat import answer_positions, pad_after_eos
+    from sdce.diffusion import elbo_sums
 
     mask_id = getattr(model.config, "mask_token_id", None)
     if mask_id is None:
@@ -144,7 +159,11 @@ def _elbo_sums(
     for i in range(0, len(offsets), batch_size):
         chunk = offsets[i : i + batch_size]
         x, _ = batches.windows(data, chunk, block_size)
-        nats = elbo(
+        scored = None
+        if markers is not None:
+            x = pad_after_eos(x, eos_id)
+            scored = answer_positions(x, markers, eos_id).to(out.device)
+        nats, n = elbo_sums(
             logits,
             x.to(out.device),
             mask_id,
@@ -152,8 +171,9 @@ def _elbo_sums(
             seed=ELBO_SEED,
             row_seeds=chunk.tolist(),
             chunk_tokens=chunk_tokens,
+            scored=scored,
         )
-        out += torch.tensor([nats * x.numel(), x.numel()], dtype=out.dtype, device=out.device)
+        out += torch.tensor([nats, n], dtype=out.dtype, device=out.device)
 
 
 def evaluate_elbo(
@@ -169,11 +189,45 @@ def evaluate_elbo(
     return r["val_loss"], r["val_tokens"]
 
 
-# measure name -> sums(model, data, offsets, block_size, batch_size, backend, out, chunk_tokens,
-# **options): adds (summed loss, scored tokens) over the windows at `offsets` to the (2,) tensor `out`;
-# `score` runs it with the options of `objectives.validation_spec`, what the loop's periodic
-# validation and the evaluation job report as val_loss for the runs of that objective
-MEASURES = {"next_token": _next_token_sums, "elbo": _elbo_sums}
+def _blocks(data, block_size: int, max_tokens: int | None, options: dict) -> np.ndarray:
+    return batches.validation_blocks(len(data), block_size, max_tokens)
 
-# measures whose value bounds the next-token loss from above rather than equalling it
-BOUNDS = {"elbo"}
+
+def _examples(data, block_size: int, max_tokens: int | None, options: dict) -> np.ndarray:
+    return batches.validation_examples(data, block_size, max_tokens, options["eos_id"])
+
+
+def _chat_ids(options: dict, tokenizer) -> dict:
+    """answer_elbo finds each example's prompt by the tokenizer's chat markers."""
+    from sdce.data.chat import marker_ids
+
+    if tokenizer is None:
+        raise ValueError("the answer_elbo measure needs the model's tokenizer (its chat markers)")
+    return {**options, "markers": marker_ids(tokenizer), "eos_id": tokenizer.eos_token_id}
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A validation measure. `sums(model, data, offsets, block_size, batch_size, backend, out,
+    chunk_tokens, **options)` adds (summed loss, scored tokens) over the windows at `offsets`
+    to the (2,) tensor `out`; `windows(data, block_size, max_tokens, options)` picks those
+    windows' offsets from the shard alone; `prepare(options, tokenizer)` adds what it needs of
+    the tokenizer; `bound`: its value bounds the next-token loss from above (a perplexity
+    bound) rather than equalling it."""
+
+    sums: Callable[..., None]
+    windows: Callable[..., np.ndarray] = _blocks
+    prepare: Callable[[dict, object], dict] = lambda options, tokenizer: options
+    bound: bool = False
+
+
+# `score` runs a measure with the options of `objectives.validation_spec`: what the loop's
+# periodic validation and the evaluation job report as val_loss for the runs of that objective
+MEASURES = {
+    "next_token": Measure(_next_token_sums),
+    "elbo": Measure(_elbo_sums, bound=True),
+    # SFT: one window per example, the response scored given its clean prompt
+    "answer_elbo": Measure(_elbo_sums, windows=_examples, prepare=_chat_ids, bound=True),
+}
+
+BOUNDS = {name for name, m in MEASURES.items() if m.bound}
