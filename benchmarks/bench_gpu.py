@@ -14,9 +14,12 @@ the CE step's.
     kl top-32 (cached)     top-32 per position at T = 2
     kl dense (online)      a teacher of the student's size run on every micro-batch, full KL
 
-The cached signals are random top-k entries laid out exactly as `CachedTeacher` returns them
-(what they contain does not change the time); the read from the memory-mapped cache is not
-timed here (benchmarks/bench_objectives.py measures it on CPU).
+The cached arms read a real memory-mapped cache through `CachedTeacher`, by the windows'
+shard offsets, inside the timed step as the training loop does (the rows' gather on the host
+and the copy to the device included); the cache holds random top-k entries in the layout
+`sdce cache-teacher` writes (what they contain does not change the time). As in the loop, the
+loss is taken under autocast from the model's own logits, in chunks of 512 tokens
+(`training.loss_chunk_tokens`' default).
 
 Aim on an H100-class GPU: CE >= 40 % MFU, every cached guided step >= 0.9x the CE tokens/s.
 
@@ -28,14 +31,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
+from numpy.lib.format import open_memmap
 
 from sdce import config as cfg
 from sdce import flops, objectives
+from sdce.data.shards import dtype_for
 from sdce.model import build_config
 from sdce.teachers.bigram import BigramTeacher
+from sdce.teachers.cache import CachedTeacher
 from sdce.teachers.signal import GuidanceSignal
 from sdce.teachers.uniform import UniformTeacher
 
@@ -76,25 +85,34 @@ class OnlineTeacher:
         self.model, self.temperature = model, temperature
 
     @torch.no_grad()
-    def signal(self, x):
+    def signal(self, x, offsets=None):
         logits = self.model(input_ids=x).logits.float() / self.temperature
         lp = torch.log_softmax(logits, dim=-1)
         empty = torch.zeros(*x.shape, 0, device=x.device)
         return GuidanceSignal(empty.long(), empty, torch.zeros(x.shape, device=x.device), log_probs=lp)
 
 
-class CachedSignal:
-    """Top-k entries per position as the cache returns them (ids, probabilities, tail mass)."""
-
-    def __init__(self, vocab: int, k: int, generator: torch.Generator, device):
-        self.vocab, self.k, self.gen, self.device = vocab, k, generator, device
-
-    def signal(self, x):
-        b, t = x.shape
-        ids = torch.randint(0, self.vocab, (b, t, self.k), generator=self.gen).to(self.device)
-        probs = torch.rand(b, t, self.k, generator=self.gen).to(self.device)
-        probs = 0.9 * probs / probs.sum(-1, keepdim=True)
-        return GuidanceSignal(ids, probs, torch.full((b, t), 0.1, device=self.device))
+def cached_teacher(folder: Path, rows: int, vocab: int, k: int, seed: int, device) -> CachedTeacher:
+    """A teacher cache of `rows` positions in `sdce cache-teacher`'s layout (ids in the
+    shard's id dtype, float16 probabilities summing to 0.9, float16 tail mass 0.1, every
+    position valid, full support), random entries, opened memory-mapped as a run opens it."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    ids = open_memmap(folder / "ids.npy", mode="w+", dtype=dtype_for(vocab), shape=(rows, k))
+    probs = open_memmap(folder / "probs.npy", mode="w+", dtype=np.float16, shape=(rows, k))
+    for start in range(0, rows, 1 << 20):
+        end = min(rows, start + (1 << 20))
+        ids[start:end] = rng.integers(0, vocab, (end - start, k))
+        p = rng.random((end - start, k), dtype=np.float32)
+        probs[start:end] = 0.9 * p / p.sum(1, keepdims=True)
+    np.save(folder / "rest.npy", np.full(rows, 0.1, dtype=np.float16))
+    np.save(folder / "valid.npy", np.ones(rows, dtype=np.bool_))
+    ids.flush(), probs.flush()
+    arrays = {
+        name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("ids", "probs", "rest", "valid")
+    }
+    arrays["support"] = np.ones(vocab, dtype=np.bool_)
+    return CachedTeacher(arrays, {"top_k": k}, device)
 
 
 def bigram_table(vocab: int, k: int, generator: torch.Generator, device) -> BigramTeacher:
@@ -117,7 +135,13 @@ def build_student(shape: dict, seed: int, device):
 
 
 def measure(args, compiled: bool, device, peak) -> dict[str, dict]:
+    with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
+        return _measure(args, compiled, device, peak, Path(tmp))
+
+
+def _measure(args, compiled: bool, device, peak, tmp: Path) -> dict[str, dict]:
     shape = SMOKE if args.smoke else FULL
+    rows = shape["cache_rows"]
     student = build_student(shape, 0, device)
     teacher_lm = build_student(shape, 1, device).eval()
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -128,20 +152,28 @@ def measure(args, compiled: bool, device, peak) -> dict[str, dict]:
         "ce": ("ce", None, {}),
         "bigram": ("bigram", bigram_table(v, min(128, v), gen, device), {}),
         "label_smoothing": ("label_smoothing", UniformTeacher(), {}),
-        "surrogate (cached)": ("surrogate", CachedSignal(v, 6, gen, device), {"weighting": "probability"}),
-        "kl top-32 (cached)": ("kl", CachedSignal(v, 32, gen, device), {"alpha": 0.5, "temperature": 2.0}),
+        "surrogate (cached)": (
+            "surrogate",
+            cached_teacher(tmp / "top6", rows, v, 6, 1, device),
+            {"weighting": "probability"},
+        ),
+        "kl top-32 (cached)": (
+            "kl",
+            cached_teacher(tmp / "top32", rows, v, 32, 2, device),
+            {"alpha": 0.5, "temperature": 2.0},
+        ),
         "kl dense (online)": ("kl", OnlineTeacher(teacher_lm, 2.0), {"alpha": 0.5, "temperature": 2.0}),
     }
     dtype = torch.bfloat16
 
-    def step(objective, teacher, opts, x, y) -> float:
+    def step(objective, teacher, opts, x, y, offsets) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype):
+        with torch.autocast(device.type, dtype=dtype):  # as the loop: loss from the model's logits
             logits = forward(input_ids=x).logits
-            signal = teacher.signal(x) if teacher is not None else None
-        out = objectives.compute_named(objective, logits.float(), y, signal, 0.5, **opts)
+            signal = teacher.signal(x, offsets=offsets) if teacher is not None else None
+            out = objectives.compute_named(objective, logits, y, signal, 0.5, chunk_tokens=512, **opts)
         out["loss"].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -154,10 +186,11 @@ def measure(args, compiled: bool, device, peak) -> dict[str, dict]:
     for s in range(args.warmup + args.steps):
         x = torch.randint(0, v, (b, t + 1), generator=gen).to(device)
         x, y = x[:, :-1], x[:, 1:]
+        offsets = np.random.default_rng([0, s]).integers(0, rows - t, size=b)  # the windows' rows
         order = list(arms)
         order = order[s % len(order) :] + order[: s % len(order)]  # no arm always runs first
         for name in order:
-            dt = step(*arms[name], x, y)
+            dt = step(*arms[name], x, y, offsets)
             if s >= args.warmup:
                 times[name].append(dt)
     per_token = flops.of_config(student.config).train_per_token(t)
@@ -172,8 +205,17 @@ def measure(args, compiled: bool, device, peak) -> dict[str, dict]:
     return results
 
 
-FULL = {"vocab": 50257, "block": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12, "batch": 8}
-SMOKE = {"vocab": 512, "block": 32, "n_embd": 32, "n_layer": 1, "n_head": 2, "batch": 2}
+# cache_rows: the cached signals' positions (2M: 384 MiB at top-32, held in the page cache)
+FULL = {
+    "vocab": 50257,
+    "block": 1024,
+    "n_embd": 768,
+    "n_layer": 12,
+    "n_head": 12,
+    "batch": 8,
+    "cache_rows": 1 << 21,
+}
+SMOKE = {"vocab": 512, "block": 32, "n_embd": 32, "n_layer": 1, "n_head": 2, "batch": 2, "cache_rows": 4096}
 
 
 def main(argv=None) -> None:

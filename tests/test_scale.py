@@ -76,7 +76,10 @@ def test_strict_small_student_is_gpt2_small(shared_dir):
     assert (bigram["schedule_steps"], bigram["min_weight"]) == (240, 0.05)
 
 
-def test_gpu_benchmark_smoke_runs_on_cpu():
+@pytest.mark.parametrize("compiled", ["off", pytest.param("both", marks=pytest.mark.slow)])
+def test_gpu_benchmark_smoke_runs_on_cpu(compiled):
+    """The smoke benchmark runs every arm (the cached ones reading a real memory-mapped cache);
+    `both` also runs them through torch.compile (inductor on CPU, about 30 s)."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -87,13 +90,14 @@ def test_gpu_benchmark_smoke_runs_on_cpu():
             "--warmup",
             "1",
             "--compile",
-            "off",
+            compiled,
         ],  # fmt: skip
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("torch.compile ") == (2 if compiled == "both" else 1)
     for arm in (
         "ce",
         "bigram",
