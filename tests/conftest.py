@@ -9,6 +9,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SDCE_SHARED", REPO.parent / "shared"))
 
+# No test reaches the Hugging Face Hub (none is reachable here or in CI), so the suite runs
+# with the hub client offline, in its own process and in every job it starts: a name that is
+# not a folder fails at once. Set before anything imports huggingface_hub, which reads it
+# once: a test's monkeypatch.setenv came too late after another test had imported it, and the
+# hub client's retries took 46 s of one test (test_data.py, a tokenizer by hub name).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")

@@ -344,8 +344,7 @@ def test_source_files_are_what_a_corpus_reads(tmp_path):
     assert corpus_mod.source_files({"source": "synthetic"}) == []
 
 
-def test_a_pretrained_tokenizer_that_cannot_be_loaded_is_named(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_a_pretrained_tokenizer_that_cannot_be_loaded_is_named(tmp_path):
     spec = {"kind": "pretrained", "path": "no-such-org/no-such-tokenizer", "special_tokens": []}
     with pytest.raises(
         TokenizerError, match="tokenizer.path: no-such-org/no-such-tokenizer is neither a folder"
@@ -388,3 +387,67 @@ def test_encoding_in_processes_writes_the_shard_of_one_process(tmp_path, tiny_da
     )
     assert not list(tmp_path.glob("*.part*"))  # the slices' part files are gone
     assert shards.encode_processes(len(docs), None) == 1  # by default: one process per MIN_DOCS_PER_PROCESS
+
+
+def test_the_encoder_is_the_tokenizers_own_without_transformers(tmp_path):
+    """`load_encoder`: a tokenizer saved as a generic fast tokenizer (sdce's BPE with chat
+    markers; GPT-2's vocab.json + merges.txt from ../shared, which AutoTokenizer cannot read
+    without a config) is read from its tokenizer.json in a process that never imports
+    transformers or torch, and encodes exactly what the transformers tokenizer does (ids,
+    eos, size; the same shard bytes). Llama 2's folder from ../shared, which AutoTokenizer
+    cannot read either (its "a b" merges), is saved so too. A model's own class and a config
+    that lists a token tokenizer.json lacks go through transformers."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sdce import config as cfg
+    from sdce.data.synthetic import generate_documents
+    from sdce.data.tokenizer import load_encoder
+
+    texts = generate_documents(200, seed=0)
+    spec = cfg.validate({"kind": "bpe", "vocab_size": 300, "special_tokens": ["<a>", "<b>"]}, "tokenizer")
+    build_tokenizer(spec, texts, tmp_path / "bpe")
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "tokenizers"
+    for name in ("gpt2", "llama2"):
+        build_tokenizer(
+            {"kind": "pretrained", "path": str(shared / name), "special_tokens": []}, (), tmp_path / name
+        )
+
+    def light(folder) -> bool:
+        """Whether load_encoder read `folder` without importing transformers or torch."""
+        probe = (
+            "import sys; from sdce.data.tokenizer import load_encoder; "
+            f"load_encoder({str(folder)!r}); print('transformers' in sys.modules or 'torch' in sys.modules)"
+        )
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+        return out.stdout.strip() == "False"
+
+    docs = [{"text": t + " <a> x<b>", "source": "s"} for t in texts[:50]]
+    for name, fast in (("bpe", True), ("gpt2", True), ("llama2", True)):
+        folder = tmp_path / name
+        enc, tok = load_encoder(folder), load(folder)
+        assert (enc.eos_token_id, len(enc)) == (tok.eos_token_id, len(tok)) and light(folder) == fast, name
+        a = encode_documents(enc, docs, tmp_path / f"{name}-a.bin", folder)
+        b = encode_documents(tok, docs, tmp_path / f"{name}-b.bin", folder)
+        assert (
+            a == b and (tmp_path / f"{name}-a.bin").read_bytes() == (tmp_path / f"{name}-b.bin").read_bytes()
+        )
+    assert (
+        len(load_encoder(tmp_path / "bpe").backend_tokenizer.encode("<a>", add_special_tokens=False).ids) == 1
+    )
+
+    config = json.loads((tmp_path / "bpe" / "tokenizer_config.json").read_text())
+    edits = {
+        "own_class": {"tokenizer_class": "GPT2Tokenizer"},
+        "added": {
+            "added_tokens_decoder": {"302": {"content": "<new>", "special": True}}
+        },  # not in tokenizer.json
+    }
+    for name, edit in edits.items():
+        shutil.copytree(tmp_path / "bpe", tmp_path / name)
+        (tmp_path / name / "tokenizer_config.json").write_text(json.dumps({**config, **edit}))
+        assert not light(tmp_path / name), name
+        enc, tok = load_encoder(tmp_path / name), load(tmp_path / name)
+        assert (enc.eos_token_id, len(enc)) == (tok.eos_token_id, len(tok)), name

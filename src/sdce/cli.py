@@ -82,9 +82,9 @@ def cmd_tokenizer(args) -> None:
 def cmd_encode(args) -> None:
     from sdce.data.corpus import read_documents
     from sdce.data.shards import encode_documents
-    from sdce.data.tokenizer import load
+    from sdce.data.tokenizer import load_encoder
 
-    tokenizer, docs = load(args.tokenizer), read_documents(args.input)
+    tokenizer, docs = load_encoder(args.tokenizer), read_documents(args.input)
     t0 = time.perf_counter()
     meta = encode_documents(tokenizer, docs, args.out, args.tokenizer)
     dt = time.perf_counter() - t0

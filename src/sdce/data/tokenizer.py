@@ -4,8 +4,11 @@ Hugging Face tokenizer loaded from a path. Saved with `save_pretrained`, so
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sdce.io import atomic_dir
 
@@ -60,15 +63,29 @@ def with_bos(tokenizer):
 
 
 def load_pretrained(path: str):
-    """A tokenizer folder, or a model name `from_pretrained` resolves (the hub, its cache)."""
+    """A tokenizer folder, or a model name `from_pretrained` resolves (the hub, its cache).
+    A folder AutoTokenizer cannot load but that holds a tokenizer.json or GPT-2's own files
+    (vocab.json and merges.txt) is read as the LM teachers read it
+    (`sdce.teachers.vocab.load_tokenizer`, which repairs what recent `tokenizers` reject in
+    older files): ../shared's GPT-2 folder (no config, so transformers 5 has no class to build
+    it with) and Llama 2's (its "a b" merges) are two."""
     from transformers import AutoTokenizer
 
     local = Path(path).expanduser()
     try:
         tok = AutoTokenizer.from_pretrained(str(local) if local.exists() else path)
-    except (OSError, ValueError) as e:
-        what = "a folder transformers cannot load" if local.exists() else "neither a folder nor a model name"
-        raise TokenizerError(f"tokenizer.path: {path} is {what} here: {e}") from None
+    except (OSError, ValueError, TypeError) as e:  # TypeError: Llama 2's merges in transformers 5
+        if (local / "tokenizer.json").is_file() or (
+            (local / "vocab.json").is_file() and (local / "merges.txt").is_file()
+        ):
+            from sdce.teachers.vocab import load_tokenizer
+
+            tok = load_tokenizer(local)
+        else:
+            what = (
+                "a folder transformers cannot load" if local.exists() else "neither a folder nor a model name"
+            )
+            raise TokenizerError(f"tokenizer.path: {path} is {what} here: {e}") from None
     if tok.eos_token_id is None:
         raise TokenizerError(f"tokenizer at {path} has no eos token; documents need a separator")
     return tok
@@ -93,6 +110,57 @@ def load(path: str | Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """What shards are encoded with (`sdce.data.shards.encode_documents`): the tokenizer
+    library's tokenizer, the eos id that ends every document, and the vocabulary size."""
+
+    backend_tokenizer: Any
+    eos_token_id: int
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+
+# the classes transformers loads straight from tokenizer.json, changing nothing in it
+GENERIC_FAST = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
+def load_encoder(path: str | Path) -> Encoder:
+    """The encoder of the tokenizer folder at `path`, equal to what `load(path)` holds.
+
+    A generic fast tokenizer (a class in GENERIC_FAST: every BPE tokenizer sdce trains), whose
+    eos and listed added tokens tokenizer.json holds with the ids its config gives them, is
+    read with the `tokenizers` library alone: an encode job then starts without importing
+    transformers and torch, which was about 3 of each encode job's 3.3 s on the tiny studies
+    (Snakemake's benchmark files of tests/configs/tiny_folds.yaml: 12 encode jobs, 40 s).
+    Any other tokenizer (a model's own class, which may rebuild its backend on loading, or
+    one without tokenizer.json) goes through `load`."""
+    folder = Path(path)
+    config_file, json_file = folder / "tokenizer_config.json", folder / "tokenizer.json"
+    if config_file.is_file() and json_file.is_file():
+        config = json.loads(config_file.read_text())
+        if config.get("tokenizer_class") in GENERIC_FAST:
+            from tokenizers import Tokenizer
+
+            backend = Tokenizer.from_file(str(json_file))
+            eos_id = _token_id(backend, config.get("eos_token"))
+            listed = [
+                (_token_id(backend, t), int(i)) for i, t in config.get("added_tokens_decoder", {}).items()
+            ]
+            if eos_id is not None and all(got == want for got, want in listed):
+                return Encoder(backend, eos_id, backend.get_vocab_size(with_added_tokens=True))
+    tok = load(path)
+    return Encoder(tok.backend_tokenizer, tok.eos_token_id, len(tok))
+
+
+def _token_id(backend, token) -> int | None:
+    """The id of a token as a tokenizer config writes it (a string or {"content": ...})."""
+    content = token.get("content") if isinstance(token, dict) else token
+    return backend.token_to_id(content) if isinstance(content, str) else None
 
 
 def with_mask_token(tokenizer):

@@ -10,13 +10,17 @@ mass *is* uniform). A token never seen as a predecessor gets rest = 1.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from sdce.io import atomic_path, write_json
-from sdce.teachers.signal import GuidanceSignal
+
+if TYPE_CHECKING:  # the counting job (`sdce bigram`) runs on numpy alone: torch only for the teacher
+    import torch
+
+    from sdce.teachers.signal import GuidanceSignal
 
 # a (V, V) table of up to this many cells (1 GiB of int64) is counted densely with bincount
 _DENSE_CELLS = 1 << 27
@@ -120,6 +124,8 @@ class BigramTeacher:
 
     @classmethod
     def load(cls, path: str | Path, device="cpu") -> BigramTeacher:
+        import torch
+
         z = np.load(path)
         return cls(
             torch.from_numpy(z["ids"].astype(np.int64)).to(device),
@@ -135,5 +141,7 @@ class BigramTeacher:
         return BigramTeacher(self.ids.to(device), self.probs.to(device), self.rest.to(device))
 
     def signal(self, input_ids: torch.Tensor, offsets=None) -> GuidanceSignal:
+        from sdce.teachers.signal import GuidanceSignal
+
         # position t predicts x_{t+1}; its previous token is the input x_t itself
         return GuidanceSignal(self.ids[input_ids], self.probs[input_ids], self.rest[input_ids])
