@@ -149,9 +149,9 @@ def _elbo_sums(
     if mask_id is None:
         raise ValueError("the elbo measure needs a model whose config has mask_token_id (masked diffusion)")
 
-    def logits(ids):
+    def logits(ids):  # as the model gives them (bf16 under autocast): each chunk goes to float64
         with backend.autocast() if backend else nullcontext():
-            z = model(input_ids=ids).logits.float()
+            z = model(input_ids=ids).logits
         if backend:
             backend.mark_step()
         return z
