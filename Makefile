@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= $(shell nproc)
 PROFILE ?= local
 
-.PHONY: setup run test lint rulegraph readme-table bench xla-env clean
+.PHONY: setup run test lint rulegraph readme-table bench gpu-check xla-env clean
 
 # `make run` installs what the study needs (the package and Snakemake); `make test` adds the
 # development extras: linters, lm-eval for the cross-checks, the cloud plugins and the GCS
@@ -53,6 +53,14 @@ readme-table: $(VENV)/.run
 bench: setup
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_ddp.py
+
+# On a machine with a CUDA GPU (GPU_PYTHON: one whose torch sees it): the CUDA paths' tests, then
+# the accelerator benchmark (docs/scale.md). Without a GPU the tests skip and the benchmark
+# runs on the CPU.
+GPU_PYTHON ?= $(BIN)/python
+gpu-check:
+	PYTHONPATH=src:tests $(GPU_PYTHON) -m pytest -q -m gpu tests/test_gpu.py
+	PYTHONPATH=src $(GPU_PYTHON) benchmarks/bench_gpu.py --steps 20
 
 # Optional torch-xla environment for the XLA CPU tests (tests/test_xla.py skips without it).
 # torch-xla 2.9.0 needs torch 2.9.0; PyPI's torch 2.9.0 for Linux x86_64 is the CUDA build,

@@ -74,7 +74,8 @@ def _run(objective, logits, targets, signal, opts, chunk_tokens):
     (so each term's own gradient is compared, not only the optimised loss's)."""
     z = logits.clone().requires_grad_(True)
     if objective == "masked_diffusion":
-        opts = {**opts, "p": torch.linspace(0.1, 0.9, targets.numel()).view(targets.shape)}
+        p = torch.linspace(0.1, 0.9, targets.numel(), device=targets.device).view(targets.shape)
+        opts = {**opts, "p": p}
     out = objectives.compute_named(objective, z, targets, signal, 0.7, chunk_tokens=chunk_tokens, **opts)
     total = sum((i + 1) * v for i, v in enumerate(out.values()) if v.requires_grad)
     total.backward()
