@@ -201,8 +201,7 @@ def test_k_folds_and_subset_sizes_are_data_partitions(tmp_path):
         "encode": 12,
         "bigram": 6,
         "train": 12,
-        "evaluate": 12,
-        "generate": 4,  # one sample file per run: first fold, first seed
+        "evaluate": 12,  # no generate jobs: generation.prompts is [] (no sample generations)
         "report": 1,
         "all": 1,
     }
@@ -251,6 +250,7 @@ def test_k_folds_and_subset_sizes_are_data_partitions(tmp_path):
     assert "3 folds × 1 seeds" in md and "## By fold: final validation loss" in md
     assert "## By `split.train_subset`" in md
     assert (results / "report" / "val_loss_by_fold.png").stat().st_size > 5000
+    assert "## Sample generations" not in md and not (results / "report" / "samples.md").exists()
     assert planned_jobs(tmp_path, config) == {}
 
 

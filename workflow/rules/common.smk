@@ -227,7 +227,10 @@ def all_runs(pattern):
 
 
 def sample_runs(pattern):
-    """The report's sample generations: every run's final model, first fold and seed."""
+    """The report's sample generations: every run's final model, first fold and seed; none
+    when `generation.prompts` is empty."""
+    if not config["generation"]["prompts"]:
+        return []
     return expand(pattern, run=list(RUNS), fold=FOLDS[:1], seed=SEEDS[:1])
 
 
