@@ -197,18 +197,15 @@ def sft_loss(
 
 
 def _exact_count_mask(
-    b: int, seq_len: int, k: torch.Tensor, generator: torch.Generator, device, scored=None, n=None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exactly k[b] of row b's L positions masked, uniformly at random; p = k / L. With
-    `scored` (B, L) and its row counts n (B,): exactly k[b] of the scored positions, p = k / n."""
+    b: int, seq_len: int, k: torch.Tensor, generator: torch.Generator, device, scored=None
+) -> torch.Tensor:
+    """Exactly k[b] of row b's L positions masked, uniformly at random; with `scored` (B, L),
+    exactly k[b] of row b's scored positions."""
     u = _rand((b, seq_len), generator, device)
     if scored is not None:  # the positions outside the bound rank last: never among the k
         u = torch.where(scored, u, torch.full_like(u, 2.0))
     ranks = u.argsort(dim=1).argsort(dim=1)  # a uniformly random permutation of 0..L-1 per row
-    masked = ranks < k[:, None]
-    length = seq_len if n is None else n.clamp(min=1).to(device).double()[:, None]
-    p = (k.double()[:, None] / length).expand(b, seq_len)
-    return masked, p
+    return ranks < k[:, None]
 
 
 @torch.no_grad()
@@ -354,7 +351,10 @@ def _draws(input_ids, mask_id: int, n_draws: int, generator, method: str, eps: f
             k = (k - 1) % length + 1
             if n is not None:
                 k = torch.where(n > 0, k, torch.zeros_like(k))
-            masked, p = _exact_count_mask(b, seq_len, k.to(device), generator, device, scored, n)
+            k = k.to(device)
+            masked = _exact_count_mask(b, seq_len, k, generator, device, scored)
+            share = seq_len if n is None else length.to(device).double()  # the row's maskable tokens
+            p = (k.double() / share)[:, None].expand(b, seq_len)
         else:
             _, masked, p = forward_process(input_ids, mask_id, generator, eps=eps)
             if scored is not None:

@@ -25,15 +25,19 @@ def evaluate_perplexity(
     measure: dict | None = None,
     *,
     chunk_tokens: int | None = CHUNK_TOKENS,
+    model=None,
+    tokenizer=None,
 ) -> dict:
-    """`chunk_tokens`: the run's `training.loss_chunk_tokens` (the losses' chunk size)."""
+    """`chunk_tokens`: the run's `training.loss_chunk_tokens` (the losses' chunk size).
+    `model`, `tokenizer`: the folder's, when the caller has loaded them already."""
     from transformers import AutoTokenizer
 
     from sdce.model import load_model
 
     measure = measure or {"name": "next_token"}
-    model = load_model(model_dir, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)  # saved beside every model and milestone
+    model = model if model is not None else load_model(model_dir, dtype=torch.float32)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)  # saved beside every model and milestone
     data, meta = load_shard(val_shard)
     scores = score(
         measure,

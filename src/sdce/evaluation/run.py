@@ -29,6 +29,8 @@ def evaluate_model(
     from sdce.evaluation.minimal_pairs import evaluate_minimal_pairs
     from sdce.model import load_model
 
+    model = load_model(model_dir, dtype=torch.float32).eval()  # once, for every score below
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     result = evaluate_perplexity(
         str(model_dir),
         val_shard,
@@ -37,14 +39,14 @@ def evaluate_model(
         spec["batch_size"],
         measure,
         chunk_tokens=chunk_tokens,
+        model=model,
+        tokenizer=tokenizer,
     )
     folders = dict(pair_folders)
     if spec.get("blimp_path"):
         folders["blimp"] = spec["blimp_path"]
     if not folders and not spec.get("babylm_suite_path"):
         return result
-    model = load_model(model_dir, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     pairs = {}
     for name, folder in sorted(folders.items()):
         limit = spec["max_pairs_per_paradigm"] if name != "synthetic" else None
