@@ -37,14 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from numpy.lib.format import open_memmap
 
 from sdce import config as cfg
 from sdce import flops, objectives
 from sdce.data.shards import dtype_for
 from sdce.model import build_config
 from sdce.teachers.bigram import BigramTeacher
-from sdce.teachers.cache import CachedTeacher
+from sdce.teachers.cache import CachedTeacher, _Writer
 from sdce.teachers.signal import GuidanceSignal
 from sdce.teachers.uniform import UniformTeacher
 
@@ -93,25 +92,25 @@ class OnlineTeacher:
 
 
 def cached_teacher(folder: Path, rows: int, vocab: int, k: int, seed: int, device) -> CachedTeacher:
-    """A teacher cache of `rows` positions in `sdce cache-teacher`'s layout (ids in the
-    shard's id dtype, float16 probabilities summing to 0.9, float16 tail mass 0.1, every
-    position valid, full support), random entries, opened memory-mapped as a run opens it."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    ids = open_memmap(folder / "ids.npy", mode="w+", dtype=dtype_for(vocab), shape=(rows, k))
-    probs = open_memmap(folder / "probs.npy", mode="w+", dtype=np.float16, shape=(rows, k))
+    """A teacher cache of `rows` positions written by `sdce cache-teacher`'s own writer (ids in
+    the shard's id dtype, float16 probabilities summing to 0.9, tail mass 0.1, every position
+    valid, full support), random entries, opened memory-mapped as a run opens it."""
+    gen = torch.Generator().manual_seed(seed)
+    writer = _Writer(folder, rows, k, dtype_for(vocab))
     for start in range(0, rows, 1 << 20):
-        end = min(rows, start + (1 << 20))
-        ids[start:end] = rng.integers(0, vocab, (end - start, k))
-        p = rng.random((end - start, k), dtype=np.float32)
-        probs[start:end] = 0.9 * p / p.sum(1, keepdims=True)
-    np.save(folder / "rest.npy", np.full(rows, 0.1, dtype=np.float16))
-    np.save(folder / "valid.npy", np.ones(rows, dtype=np.bool_))
-    ids.flush(), probs.flush()
+        n = min(rows - start, 1 << 20)
+        probs = torch.rand(n, k, generator=gen)
+        ids = torch.randint(0, vocab, (n, k), generator=gen)
+        valid = torch.ones(n, dtype=torch.bool)
+        writer.write(
+            start,
+            GuidanceSignal(ids, 0.9 * probs / probs.sum(1, keepdim=True), torch.full((n,), 0.1), valid=valid),
+        )
+    writer.close(np.ones(vocab, dtype=np.bool_))
     arrays = {
         name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("ids", "probs", "rest", "valid")
     }
-    arrays["support"] = np.ones(vocab, dtype=np.bool_)
+    arrays["support"] = np.load(folder / "support.npy")
     return CachedTeacher(arrays, {"top_k": k}, device)
 
 
