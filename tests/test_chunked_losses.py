@@ -82,16 +82,21 @@ def _run(objective, logits, targets, signal, opts, chunk_tokens):
     return {k: v.detach() for k, v in out.items()}, z.grad
 
 
-@pytest.mark.parametrize("chunk_tokens", [4, 7, 1024])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("objective,kind,opts", CASES, ids=lambda c: c if isinstance(c, str) else None)
-def test_chunked_equals_plain_autograd(objective, kind, opts, dtype, chunk_tokens):
+def _inputs(kind: str, dtype):
+    """(logits (B, T, V) of `dtype`, targets with ignored positions, the signal of `kind`)."""
     torch.manual_seed(0)
     logits = (3 * torch.randn(B, T, V)).to(dtype)
     targets = torch.randint(0, V, (B, T))
     targets[0, 9:] = losses.IGNORE
     targets[1, 0] = losses.IGNORE
-    signal = _signal(kind, targets)
+    return logits, targets, _signal(kind, targets)
+
+
+@pytest.mark.parametrize("chunk_tokens", [4, 7, 1024])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("objective,kind,opts", CASES, ids=lambda c: c if isinstance(c, str) else None)
+def test_chunked_equals_plain_autograd(objective, kind, opts, dtype, chunk_tokens):
+    logits, targets, signal = _inputs(kind, dtype)
     plain, plain_grad = _run(objective, logits, targets, signal, opts, None)
     chunked, chunked_grad = _run(objective, logits, targets, signal, opts, chunk_tokens)
     assert chunked.keys() == plain.keys()

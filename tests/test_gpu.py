@@ -7,10 +7,8 @@ import os
 
 import pytest
 import torch
-from test_chunked_losses import CASES, B, T, V, _run, _signal
+from test_chunked_losses import CASES, _inputs, _run
 from tiny_training import tiny_run, train_tiny
-
-from sdce import losses
 
 DEVICE = os.environ.get("SDCE_GPU_TEST_DEVICE", "cuda")
 pytestmark = [
@@ -22,11 +20,7 @@ pytestmark = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("objective,kind,opts", CASES, ids=lambda c: c if isinstance(c, str) else None)
 def test_chunked_losses_on_the_device(objective, kind, opts, dtype):
-    torch.manual_seed(0)
-    logits = (3 * torch.randn(B, T, V)).to(dtype)
-    targets = torch.randint(0, V, (B, T))
-    targets[0, 9:] = losses.IGNORE
-    signal = _signal(kind, targets)
+    logits, targets, signal = _inputs(kind, dtype)
     on = lambda t: t.to(DEVICE) if torch.is_tensor(t) else t  # noqa: E731
     dev_opts = {k: on(v) for k, v in opts.items()}
     dev_signal = signal.to(DEVICE) if signal is not None else None
