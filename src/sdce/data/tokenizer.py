@@ -135,8 +135,9 @@ def load_encoder(path: str | Path) -> Encoder:
     A generic fast tokenizer (a class in GENERIC_FAST: every BPE tokenizer sdce trains), whose
     eos and listed added tokens tokenizer.json holds with the ids its config gives them, is
     read with the `tokenizers` library alone: an encode job then starts without importing
-    transformers and torch, which was about 3 of each encode job's 3.3 s on the tiny studies
-    (Snakemake's benchmark files of tests/configs/tiny_folds.yaml: 12 encode jobs, 40 s).
+    transformers and torch, which was most of each encode job on the tiny studies (Snakemake's
+    benchmark files of tests/configs/tiny_folds.yaml, this 2-core machine: 12 encode jobs,
+    46.7 s in all before, 3.8 s after; docs/stages.md).
     Any other tokenizer (a model's own class, which may rebuild its backend on loading, or
     one without tokenizer.json) goes through `load`."""
     folder = Path(path)
